@@ -1,0 +1,293 @@
+"""The SlotStore contract: what every backend provides and all of idstore relies on.
+
+A *pool* (a role such as ``worker`` or ``ps``) has numbered *slots*. A node claims one
+slot under a *session* (an etcd lease, a ZooKeeper session) that lives exactly as long
+as the node keeps it alive. Only the store's atomic operations decide who owns a slot:
+``claim`` succeeds only if the slot is free, ``reclaim`` only if the slot still holds
+exactly the claim the caller read. Nothing above this line ever decides ownership by
+"read, then write".
+
+Threading: every method is blocking and thread-safe. Watch callbacks and state listeners
+run on a backend thread; they must return quickly and must not raise (a raising callback
+is logged and ignored).
+
+Connection states, by what they mean for a slot this node holds:
+
+``CONNECTED``
+    The session is alive and the store is reachable. A held slot is ours.
+``SUSPENDED``
+    The store cannot be reached, but the session may still be alive. A held slot is still
+    ours until the session's deadline (last successful renewal + TTL), which the backend
+    enforces: keep serving, make no new claims.
+``LOST``
+    The session has expired, or the backend presumes so because no renewal succeeded within
+    the TTL. A held slot is no longer ours: stop asserting it at once. The backend keeps
+    trying to open a new session; when it has one it reports ``CONNECTED`` again (with a new
+    ``session_id``) and the holder must claim again.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from idstore.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionState(enum.Enum):
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to reach a store; backends ignore what does not apply to them."""
+
+    endpoints: tuple[str, ...] = ()
+    ttl: float = 10.0
+    prefix: str = "/idstore"
+    cluster: str = "default"
+    # Each request's own deadline; a store that does not answer in time is unavailable.
+    request_timeout: float = 5.0
+    # How long open() keeps trying before it reports the store unreachable.
+    connect_timeout: float = 30.0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    # Backend-specific settings ([store.<backend>] in the config file).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def pool_path(self, pool: str) -> str:
+        """The key prefix under which a pool's slots live (no trailing slash)."""
+        return f"{self.prefix.rstrip('/')}/{self.cluster}/{pool}"
+
+    def slot_path(self, pool: str, slot: int) -> str:
+        return f"{self.pool_path(pool)}/{slot}"
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """What a claim says about its holder; stored as JSON in the slot's key."""
+
+    node_id: str
+    nonce: str  # new on every boot: tells a restarted node from its previous life
+    addresses: tuple[str, ...] = ()
+    ports: Mapping[str, int] = field(default_factory=dict)
+    claimed_at: float = 0.0  # wall clock, informational only: never used for timing
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "node_id": self.node_id,
+                "nonce": self.nonce,
+                "addresses": list(self.addresses),
+                "ports": dict(self.ports),
+                "claimed_at": self.claimed_at,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SlotRecord:
+        """Parse a stored record; a value idstore did not write raises StoreError."""
+        try:
+            obj = json.loads(data)
+            return cls(
+                node_id=str(obj["node_id"]),
+                nonce=str(obj["nonce"]),
+                addresses=tuple(str(a) for a in obj.get("addresses", ())),
+                ports={str(k): int(v) for k, v in dict(obj.get("ports", {})).items()},
+                claimed_at=float(obj.get("claimed_at", 0.0)),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise StoreError(f"unreadable slot record {data[:80]!r}") from e
+
+    def same_boot(self, other: SlotRecord) -> bool:
+        return self.node_id == other.node_id and self.nonce == other.nonce
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A slot as the store holds it."""
+
+    pool: str
+    slot: int
+    record: SlotRecord
+    # The store's fencing token for this claim (etcd mod_revision, ZooKeeper czxid):
+    # it changes on every claim and re-claim, so a compare on it detects any takeover.
+    version: int
+    # The session the claim lives under (etcd lease id, ZooKeeper ephemeralOwner).
+    session: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every claim of a pool, as of the store revision ``revision``."""
+
+    pool: str
+    claims: Mapping[int, Claim]
+    revision: int
+
+
+class EventType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class SlotEvent:
+    type: EventType
+    pool: str
+    slot: int
+    claim: Claim | None  # None for DELETE
+    revision: int
+
+
+EventsCallback = Callable[[Sequence[SlotEvent]], None]
+# Called when events may have been missed (compaction, stream error, reconnect): the
+# watcher must re-list the pool and watch again from the listing's revision.
+BrokenCallback = Callable[[str], None]
+StateListener = Callable[[ConnectionState], None]
+
+
+class WatchHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class SlotStore(abc.ABC):
+    """Abstract slot store; see the module docstring for the states and guarantees."""
+
+    #: The short, user-visible name the backend is registered under.
+    name: ClassVar[str] = ""
+
+    def __init__(self, options: StoreOptions) -> None:
+        self.options = options
+        self._state = ConnectionState.LOST
+        self._listeners: list[StateListener] = []
+        self._listener_lock = threading.Lock()
+        self._ops = 0
+        self._ops_lock = threading.Lock()
+
+    # -- session ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect and start a session; block until CONNECTED.
+
+        Raises StoreUnavailable naming the endpoints when none answers within
+        ``options.connect_timeout``.
+        """
+
+    @abc.abstractmethod
+    def close(self, release: bool = True) -> None:
+        """End the session. ``release=True`` revokes it so every claim under it vanishes at
+        once (clean shutdown); ``release=False`` only disconnects, as a crash would, and the
+        claims expire with the TTL."""
+
+    @property
+    @abc.abstractmethod
+    def session_id(self) -> str:
+        """The current session's id; it changes whenever a new session is opened."""
+
+    # -- slots -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+        """Atomically take ``slot`` under the current session, only if it is free.
+
+        Idempotent: if the current session already holds the slot with this record's
+        node_id and nonce (say, a retry after a timeout whose request did apply), that
+        claim is returned. Raises SlotTaken (with the owner's Claim when known),
+        SessionLost, StoreUnavailable.
+        """
+
+    @abc.abstractmethod
+    def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
+        """Take over ``previous`` (a claim by this node identity from an earlier boot).
+
+        Atomic: succeeds only if the slot still holds exactly ``previous`` (same version).
+        Raises NotOwner if ``previous`` belongs to another node identity (never taken over),
+        SlotTaken if the slot changed since it was read.
+        """
+
+    @abc.abstractmethod
+    def release(self, claim: Claim) -> bool:
+        """Delete ``claim`` only if the slot still holds it; False when it no longer did."""
+
+    @abc.abstractmethod
+    def list(self, pool: str) -> Listing:
+        """Every claim of ``pool`` with the store revision it reflects."""
+
+    @abc.abstractmethod
+    def watch(
+        self,
+        pool: str,
+        start_revision: int,
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+    ) -> WatchHandle:
+        """Deliver every change to ``pool`` after ``start_revision``, in order.
+
+        Whenever events may have been missed the backend calls ``on_broken`` and stops
+        delivering on this handle; the caller re-lists and watches again
+        (see idstore.mirror.PoolMirror, which does that for everyone).
+        """
+
+    # -- connection state ------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def add_listener(self, listener: StateListener) -> None:
+        with self._listener_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        with self._listener_lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _set_state(self, state: ConnectionState) -> None:
+        """Backends call this on every transition; listeners hear only real changes."""
+        with self._listener_lock:
+            if state is self._state:
+                return
+            old, self._state = self._state, state
+            listeners = list(self._listeners)
+        log.info("store %s: %s -> %s", self.name, old.value, state.value)
+        for listener in listeners:
+            try:
+                listener(state)
+            except Exception:  # a listener's bug must not break the backend's thread
+                log.exception("state listener %r failed", listener)
+
+    # -- accounting ------------------------------------------------------------------
+
+    @property
+    def ops(self) -> int:
+        """Requests sent to the store so far (keepalives excluded): for benchmarks."""
+        return self._ops
+
+    def _count(self, n: int = 1) -> None:
+        with self._ops_lock:
+            self._ops += n
+
+    def __enter__(self) -> SlotStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

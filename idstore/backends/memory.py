@@ -1,0 +1,265 @@
+"""In-process slot store: the embedded default backend.
+
+One MemoryServer per endpoint name lives in this process, so several MemoryStore
+instances (several simulated nodes in a test) share it. It keeps the same guarantees as
+the real stores: atomic claim-if-free, claims bound to a session, ordered watches with
+revisions. Sessions never lapse while their store is open (there is no network to fail);
+a store closed with ``release=False`` leaves its session to expire after the TTL, as a
+crashed node's would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from idstore.backends.base import (
+    BrokenCallback,
+    Claim,
+    ConnectionState,
+    EventsCallback,
+    EventType,
+    Listing,
+    SlotEvent,
+    SlotRecord,
+    SlotStore,
+    StoreOptions,
+)
+from idstore.errors import NotOwner, SessionLost, SlotTaken, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_REAP_INTERVAL = 0.05
+_HISTORY = 10_000  # events kept for watches that start from an older revision
+
+
+@dataclass
+class _Session:
+    id: str
+    deadline: float | None = None  # monotonic; None while its store keeps it alive
+
+
+class _Watch:
+    """Delivers a pool's events on its own thread, so callbacks never run under the lock."""
+
+    def __init__(self, server: MemoryServer, pool: str, on_events: EventsCallback) -> None:
+        self.server = server
+        self.pool = pool
+        self._on_events = on_events
+        self._queue: queue.Queue[Sequence[SlotEvent] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"memwatch-{pool}", daemon=True)
+        self._thread.start()
+
+    def push(self, events: Sequence[SlotEvent]) -> None:
+        self._queue.put(events)
+
+    def cancel(self) -> None:
+        self.server._unwatch(self)
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (events := self._queue.get()) is not None:
+            try:
+                self._on_events(events)
+            except Exception:
+                log.exception("watch callback failed")
+
+
+class MemoryServer:
+    """The shared state behind every MemoryStore with the same endpoint name."""
+
+    _servers: dict[str, MemoryServer] = {}
+    _servers_lock = threading.Lock()
+
+    @classmethod
+    def named(cls, name: str) -> MemoryServer:
+        with cls._servers_lock:
+            if name not in cls._servers:
+                cls._servers[name] = cls()
+            return cls._servers[name]
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.revision = 1
+        self.slots: dict[tuple[str, int], Claim] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.watches: list[_Watch] = []
+        self.history: deque[SlotEvent] = deque(maxlen=_HISTORY)
+        self._ids = itertools.count(1)
+        reaper = threading.Thread(target=self._reap_forever, name="memory-reaper", daemon=True)
+        reaper.start()
+
+    # All methods below run with self.lock held by the caller or take it themselves.
+
+    def new_session(self) -> str:
+        with self.lock:
+            sid = f"{next(self._ids):x}"
+            self.sessions[sid] = _Session(sid)
+            return sid
+
+    def end_session(self, sid: str, ttl: float | None) -> None:
+        """Drop a session now (ttl None) or let it expire after ttl seconds."""
+        with self.lock:
+            session = self.sessions.get(sid)
+            if session is None:
+                return
+            if ttl is None:
+                self._expire(sid)
+            else:
+                session.deadline = time.monotonic() + ttl
+
+    def put(self, pool: str, slot: int, record: SlotRecord, sid: str) -> Claim:
+        with self.lock:
+            if sid not in self.sessions:
+                raise SessionLost(f"session {sid} has expired")
+            self.revision += 1
+            claim = Claim(pool, slot, record, self.revision, sid)
+            self.slots[(pool, slot)] = claim
+            self._notify(SlotEvent(EventType.PUT, pool, slot, claim, self.revision))
+            return claim
+
+    def delete(self, pool: str, slot: int) -> None:
+        with self.lock:
+            self.revision += 1
+            del self.slots[(pool, slot)]
+            self._notify(SlotEvent(EventType.DELETE, pool, slot, None, self.revision))
+
+    def _expire(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+        for (pool, slot), claim in list(self.slots.items()):
+            if claim.session == sid:
+                self.delete(pool, slot)
+
+    def _notify(self, event: SlotEvent) -> None:
+        self.history.append(event)
+        for w in self.watches:
+            if w.pool == event.pool:
+                w.push([event])
+
+    def _unwatch(self, w: _Watch) -> None:
+        with self.lock:
+            if w in self.watches:
+                self.watches.remove(w)
+
+    def _reap_forever(self) -> None:
+        while True:
+            time.sleep(_REAP_INTERVAL)
+            now = time.monotonic()
+            with self.lock:
+                for s in list(self.sessions.values()):
+                    if s.deadline is not None and s.deadline <= now:
+                        self._expire(s.id)
+
+
+class MemoryStore(SlotStore):
+    """SlotStore over a MemoryServer; the endpoint (default ``default``) names the server."""
+
+    name = "memory"
+
+    def __init__(self, options: StoreOptions) -> None:
+        super().__init__(options)
+        endpoint = options.endpoints[0] if options.endpoints else "default"
+        self._server = MemoryServer.named(endpoint.removeprefix("memory://"))
+        self._sid: str | None = None
+
+    def open(self) -> None:
+        self._count()
+        self._sid = self._server.new_session()
+        self._set_state(ConnectionState.CONNECTED)
+
+    def close(self, release: bool = True) -> None:
+        if self._sid is not None:
+            self._server.end_session(self._sid, None if release else self.options.ttl)
+            self._sid = None
+        self._set_state(ConnectionState.LOST)
+
+    @property
+    def session_id(self) -> str:
+        return self._sid or ""
+
+    def expire_session(self) -> None:
+        """Test hook: the server expires this session now, as after a long partition.
+
+        The store reports LOST, then opens a new session and reports CONNECTED.
+        """
+        if self._sid is not None:
+            self._server.end_session(self._sid, None)
+        self._set_state(ConnectionState.LOST)
+        self._sid = self._server.new_session()
+        self._set_state(ConnectionState.CONNECTED)
+
+    def _live_sid(self) -> str:
+        if self._sid is None:
+            raise StoreUnavailable("memory store is not open")
+        return self._sid
+
+    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+        self._count()
+        sid = self._live_sid()
+        with self._server.lock:
+            held = self._server.slots.get((pool, slot))
+            if held is not None:
+                if held.session == sid and held.record.same_boot(record):
+                    return held
+                raise SlotTaken(pool, slot, held)
+            return self._server.put(pool, slot, record, sid)
+
+    def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
+        self._count()
+        if previous.record.node_id != record.node_id:
+            raise NotOwner(f"slot {previous.pool}/{previous.slot} belongs to another node")
+        sid = self._live_sid()
+        with self._server.lock:
+            held = self._server.slots.get((previous.pool, previous.slot))
+            if held is None or held.version != previous.version:
+                raise SlotTaken(previous.pool, previous.slot, held)
+            return self._server.put(previous.pool, previous.slot, record, sid)
+
+    def release(self, claim: Claim) -> bool:
+        self._count()
+        with self._server.lock:
+            held = self._server.slots.get((claim.pool, claim.slot))
+            if held is None or held.version != claim.version:
+                return False
+            self._server.delete(claim.pool, claim.slot)
+            return True
+
+    def list(self, pool: str) -> Listing:
+        self._count()
+        with self._server.lock:
+            claims = {s: c for (p, s), c in self._server.slots.items() if p == pool}
+            return Listing(pool, claims, self._server.revision)
+
+    def watch(
+        self,
+        pool: str,
+        start_revision: int,
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+    ) -> _Watch:
+        self._count()
+        server = self._server
+        with server.lock:
+            w = _Watch(server, pool, on_events)
+            oldest = server.history[0].revision if server.history else server.revision + 1
+            if start_revision < server.revision and oldest > start_revision + 1:
+                # Like a compacted etcd revision: the changes since cannot be replayed.
+                on_broken(f"revision {start_revision} is compacted (oldest kept: {oldest})")
+                return w
+            missed = [e for e in server.history if e.revision > start_revision and e.pool == pool]
+            if missed:
+                w.push(missed)
+            server.watches.append(w)
+            return w
+
+
+def new_endpoint() -> str:
+    """A fresh, private memory server name (for tests that want isolation)."""
+    return f"memory://{uuid.uuid4().hex}"
