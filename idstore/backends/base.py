@@ -233,16 +233,17 @@ class SlotStore(abc.ABC):
     @abc.abstractmethod
     def watch(
         self,
-        pool: str,
-        start_revision: int,
+        since: Listing,
         on_events: EventsCallback,
         on_broken: BrokenCallback,
     ) -> WatchHandle:
-        """Deliver every change to ``pool`` after ``start_revision``, in order.
+        """Deliver, in order, every change to ``since.pool`` after the listing ``since``.
 
-        Whenever events may have been missed the backend calls ``on_broken`` and stops
-        delivering on this handle; the caller re-lists and watches again
-        (see idstore.mirror.PoolMirror, which does that for everyone).
+        A store that keeps history (etcd) replays from ``since.revision``; one that does
+        not (ZooKeeper) reads the pool afresh and first delivers its differences from
+        ``since.claims``. Whenever events may have been missed the backend calls
+        ``on_broken`` and stops delivering on this handle; the caller re-lists and watches
+        again (idstore.mirror.PoolMirror does that for everyone).
         """
 
     # -- connection state ------------------------------------------------------------

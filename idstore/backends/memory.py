@@ -239,12 +239,12 @@ class MemoryStore(SlotStore):
 
     def watch(
         self,
-        pool: str,
-        start_revision: int,
+        since: Listing,
         on_events: EventsCallback,
         on_broken: BrokenCallback,
     ) -> _Watch:
         self._count()
+        pool, start_revision = since.pool, since.revision
         server = self._server
         with server.lock:
             w = _Watch(server, pool, on_events)

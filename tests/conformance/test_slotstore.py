@@ -204,7 +204,7 @@ def test_watch_delivers_changes_in_order(open_store: Factory) -> None:
     watcher, writer = open_store(), open_store()
     listing = watcher.list(POOL)
     got = Collector()
-    handle = watcher.watch(POOL, listing.revision, got.on_events, got.on_broken)
+    handle = watcher.watch(listing, got.on_events, got.on_broken)
     try:
         c0 = writer.claim(POOL, 0, record("w"))
         c1 = writer.claim(POOL, 1, record("w", "n2"))
@@ -227,7 +227,7 @@ def test_watch_replays_changes_made_after_the_listing(open_store: Factory) -> No
     listing = watcher.list(POOL)
     writer.claim(POOL, 5, record("w"))  # before the watch starts, after the listing
     got = Collector()
-    handle = watcher.watch(POOL, listing.revision, got.on_events, got.on_broken)
+    handle = watcher.watch(listing, got.on_events, got.on_broken)
     try:
         wait_for(
             lambda: got.kinds() == [(EventType.PUT, 5)] or bool(got.broken),
@@ -242,7 +242,7 @@ def test_watch_sees_session_expiry(open_store: Factory, backend_env: BackendEnv)
     watcher, victim = open_store(), open_store()
     victim.claim(POOL, 0, record("v"))
     got = Collector()
-    handle = watcher.watch(POOL, watcher.list(POOL).revision, got.on_events, got.on_broken)
+    handle = watcher.watch(watcher.list(POOL), got.on_events, got.on_broken)
     try:
         backend_env.expire(victim)
         wait_for(lambda: (EventType.DELETE, 0) in got.kinds(), 15.0, "DELETE on expiry")
