@@ -1,0 +1,101 @@
+"""The cluster as this node sees it: every claimed name of every pool.
+
+Fed by idstore.mirror (store watches, re-listed on any doubt); read by the DNS frontend
+and the CLI. Subscribers receive batches of changes and must not block.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from idstore.backends.base import Claim
+from idstore.config import PoolSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One claimed slot, ready to be served."""
+
+    pool: str
+    slot: int
+    name: str  # absolute and lower-case: "worker3.tf.local."
+    addresses: tuple[str, ...]
+    node_id: str
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_claim(cls, pool: PoolSettings, claim: Claim) -> Member:
+        return cls(
+            pool=pool.name,
+            slot=claim.slot,
+            name=pool.name_of(claim.slot),
+            addresses=claim.record.addresses,
+            node_id=claim.record.node_id,
+            ports=claim.record.ports,
+        )
+
+
+# (pool, slot, member) — member None means the slot was freed.
+Change = tuple[str, int, Member | None]
+Subscriber = Callable[[Sequence[Change]], None]
+
+
+class ClusterView:
+    """Thread-safe map pool -> slot -> Member with change notification."""
+
+    def __init__(self, pools: Iterable[PoolSettings]) -> None:
+        self.pools = {p.name: p for p in pools}
+        self._members: dict[str, dict[int, Member]] = {name: {} for name in self.pools}
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> None:
+        """``fn`` first receives the current content, then every later change."""
+        with self._lock:
+            self._subscribers.append(fn)
+            current = [(m.pool, m.slot, m) for ms in self._members.values() for m in ms.values()]
+        if current:
+            fn(current)
+
+    def members(self, pool: str) -> dict[int, Member]:
+        with self._lock:
+            return dict(self._members.get(pool, {}))
+
+    def all_members(self) -> list[Member]:
+        with self._lock:
+            return [m for ms in self._members.values() for m in ms.values()]
+
+    def apply(self, pool: str, claims: Mapping[int, Claim | None], replace: bool = False) -> None:
+        """Apply changed slots (None = freed); with ``replace`` the claims are the whole
+        pool and every slot not in them is freed. Only real changes reach subscribers."""
+        settings = self.pools.get(pool)
+        if settings is None:
+            return
+        changes: list[Change] = []
+        with self._lock:
+            current = self._members[pool]
+            if replace:
+                for slot in [s for s in current if s not in claims]:
+                    del current[slot]
+                    changes.append((pool, slot, None))
+            for slot, claim in claims.items():
+                if claim is None or slot not in settings.slots():
+                    if current.pop(slot, None) is not None:
+                        changes.append((pool, slot, None))
+                    continue
+                member = Member.from_claim(settings, claim)
+                if current.get(slot) != member:
+                    current[slot] = member
+                    changes.append((pool, slot, member))
+            subscribers = list(self._subscribers)
+        if changes:
+            for fn in subscribers:
+                try:
+                    fn(changes)
+                except Exception:
+                    log.exception("view subscriber %r failed", fn)
