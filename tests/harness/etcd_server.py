@@ -1,0 +1,286 @@
+"""Real etcd servers for tests: one member (EtcdServer) or several (EtcdCluster).
+
+Every member listens on free loopback ports only and keeps its data in a temporary
+directory that is removed on exit. A member that does not come up raises RuntimeError
+with the tail of its own log: a test run with a broken etcd fails loudly, never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from idstore.backends.base import SlotStore
+from tests.harness.env import BackendEnv
+
+ETCD = os.environ.get("IDSTORE_TEST_ETCD", "/usr/bin/etcd")
+ETCDCTL = os.environ.get("IDSTORE_TEST_ETCDCTL", "/usr/bin/etcdctl")
+HOST = "127.0.0.1"  # loopback only, always
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL = 4000
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 10.0) -> str:
+    """Run etcdctl (API v3) against ``endpoints``; RuntimeError with its output on failure."""
+    cmd = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--command-timeout=5s", *args]
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class EtcdMember:
+    """One etcd process: fixed name, ports and data dir, so it can be restarted as itself."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.data_dir = workdir / f"{name}.etcd"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{HOST}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    def repick_ports(self) -> None:
+        """New ports after a lost race for the old ones (only before the first start)."""
+        self.client_port, self.peer_port = free_port(), free_port()
+
+    def command(self, initial_cluster: str, token: str) -> list[str]:
+        return [
+            ETCD,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={initial_cluster}",
+            f"--initial-cluster-token={token}",
+            "--initial-cluster-state=new",  # ignored by etcd once the data dir exists
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
+
+    def spawn(self, initial_cluster: str, token: str) -> None:
+        if self.running():
+            return
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== start {time.strftime('%H:%M:%S')} ===\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(initial_cluster, token),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C of the test run must not hit etcd first
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """Whether the member serves and has a leader (its /health endpoint)."""
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as resp:
+                return bool(json.load(resp).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-LOG_TAIL:]
+        except OSError as e:
+            return f"(no log: {e})"
+
+    def signal(self, sig: signal.Signals, timeout: float = STOP_TIMEOUT) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster; a context manager.
+
+    ``kill(i)`` / ``stop(i)`` / ``start(i)`` act on member ``i``; without ``i`` on all.
+    """
+
+    def __init__(self, size: int = 3, start_timeout: float = START_TIMEOUT) -> None:
+        if size < 1:
+            raise ValueError("an etcd cluster needs at least one member")
+        self.start_timeout = start_timeout
+        self.token = f"idstore-test-{uuid.uuid4().hex[:8]}"
+        self.workdir = Path(tempfile.mkdtemp(prefix="idstore-etcd-"))
+        self.members = [EtcdMember(f"m{i}", self.workdir) for i in range(size)]
+        self._started_once = False
+
+    # -- addresses -----------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(m.client_url for m in self.members)
+
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def env(self, **option_overrides: object) -> EtcdEnv:
+        return EtcdEnv(self, **option_overrides)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, i: int | None = None) -> None:
+        """Start member ``i`` (or every member not running) and wait until it serves."""
+        targets = self._targets(i)
+        first = not self._started_once
+        for attempt in range(3):
+            for m in targets:
+                m.spawn(self.initial_cluster(), self.token)
+            try:
+                self._wait_healthy(targets)
+                break
+            except RuntimeError:
+                # A port picked as free may have been taken meanwhile: retry with new ports,
+                # but only on the very first start (a restart must keep its addresses).
+                if not (first and attempt < 2 and self._port_clash()):
+                    self._stop_all(targets)
+                    raise
+                self._stop_all(targets)
+                for m in self.members:
+                    m.repick_ports()
+        self._started_once = True
+
+    def stop(self, i: int | None = None) -> None:
+        """SIGTERM: a clean shutdown of member ``i`` (or all)."""
+        for m in self._targets(i):
+            m.signal(signal.SIGTERM)
+
+    def kill(self, i: int | None = None) -> None:
+        """SIGKILL: member ``i`` (or all) dies at once, as on a power cut."""
+        for m in self._targets(i):
+            m.signal(signal.SIGKILL)
+
+    def leader(self) -> int:
+        """Index of the current leader among the running members."""
+        running = [m for m in self.members if m.running()]
+        out = etcdctl([m.client_url for m in running], "endpoint", "status", "-w", "json")
+        for status in json.loads(out):
+            header = status["Status"]["header"]
+            if header["member_id"] == status["Status"]["leader"]:
+                url = status["Endpoint"]
+                return next(i for i, m in enumerate(self.members) if m.client_url == url)
+        raise RuntimeError(f"no leader among {[m.name for m in running]}")
+
+    def close(self) -> None:
+        self._stop_all(self.members)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _targets(self, i: int | None) -> list[EtcdMember]:
+        return list(self.members) if i is None else [self.members[i]]
+
+    def _stop_all(self, members: Sequence[EtcdMember]) -> None:
+        for m in members:
+            m.signal(signal.SIGKILL if not m.running() else signal.SIGTERM)
+
+    def _port_clash(self) -> bool:
+        return any("address already in use" in m.log_tail() for m in self.members)
+
+    def _wait_healthy(self, members: Sequence[EtcdMember]) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        pending = list(members)
+        while pending:
+            dead = [m for m in pending if not m.running()]
+            if dead:
+                raise RuntimeError(self._failure("exited during start", dead))
+            pending = [m for m in pending if not m.healthy()]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    self._failure(f"not healthy after {self.start_timeout}s", pending)
+                )
+            time.sleep(0.1)
+
+    def _failure(self, what: str, members: Sequence[EtcdMember]) -> str:
+        parts = [
+            f"etcd member {m.name} ({m.client_url}) {what}; log tail:\n{m.log_tail()}"
+            for m in members
+        ]
+        return f"{ETCD}: " + "\n".join(parts)
+
+
+class EtcdServer(EtcdCluster):
+    """A single etcd member on free loopback ports, with a temporary data dir."""
+
+    def __init__(self, start_timeout: float = START_TIMEOUT) -> None:
+        super().__init__(size=1, start_timeout=start_timeout)
+
+    @property
+    def member(self) -> EtcdMember:
+        return self.members[0]
+
+    def __enter__(self) -> EtcdServer:
+        super().__enter__()
+        return self
+
+
+class EtcdEnv(BackendEnv):
+    """Conformance-suite access to an etcd cluster started by this harness."""
+
+    backend = "etcd"
+
+    def __init__(self, cluster: EtcdCluster, **option_overrides: object) -> None:
+        super().__init__(cluster.endpoints, **option_overrides)
+        self.cluster = cluster
+
+    def expire(self, store: SlotStore) -> None:
+        """Revoke the store's lease from another client: the server ends the session now."""
+        lease = store.session_id
+        if not lease:
+            raise AssertionError("the store has no session to expire")
+        running = [m.client_url for m in self.cluster.members if m.running()]
+        etcdctl(running, "lease", "revoke", lease)
