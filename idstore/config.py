@@ -111,16 +111,40 @@ ENV_VARS = {
 _LIST_OVERRIDES = {"endpoints", "address", "listen"}
 
 _TOP_KEYS = {
-    "backend", "endpoints", "cluster", "prefix", "ttl", "request_timeout", "connect_timeout",
-    "pool", "node_id", "addresses", "http", "log_level", "log_format", "state_dir",
-    "pools", "dns", "store",
-}  # fmt: skip
+    "backend",
+    "endpoints",
+    "cluster",
+    "prefix",
+    "ttl",
+    "request_timeout",
+    "connect_timeout",
+    "pool",
+    "node_id",
+    "addresses",
+    "http",
+    "log_level",
+    "log_format",
+    "state_dir",
+    "pools",
+    "dns",
+    "store",
+}
 _POOL_KEYS = {"pattern", "limit", "first", "port", "service", "protocol"}
 _DNS_KEYS = {
-    "listen", "zone", "ttl", "negative_ttl", "reverse_zones", "forward", "forward_timeout",
-    "stale_ttl", "max_stale", "tcp_idle_timeout", "tcp_max_connections", "rrl_per_second",
+    "listen",
+    "zone",
+    "ttl",
+    "negative_ttl",
+    "reverse_zones",
+    "forward",
+    "forward_timeout",
+    "stale_ttl",
+    "max_stale",
+    "tcp_idle_timeout",
+    "tcp_max_connections",
+    "rrl_per_second",
     "log_queries",
-}  # fmt: skip
+}
 _STORE_KEYS = {"tls_ca", "tls_cert", "tls_key", "username", "password", "etcd", "zookeeper"}
 
 
@@ -139,9 +163,11 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for key, var in ENV_VARS.items():
         if var in environ and environ[var] != "":
             value = environ[var]
-            out[key] = [v.strip() for v in value.split(",") if v.strip()] if (
-                key in _LIST_OVERRIDES
-            ) else value
+            out[key] = (
+                [v.strip() for v in value.split(",") if v.strip()]
+                if (key in _LIST_OVERRIDES)
+                else value
+            )
     return out
 
 
@@ -166,8 +192,7 @@ def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _apply_overrides(raw: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    for key in ("backend", "pool", "ttl", "node_id", "http", "cluster", "log_level",
-                "log_format"):  # fmt: skip
+    for key in ("backend", "pool", "ttl", "node_id", "http", "cluster", "log_level", "log_format"):
         if key in flat:
             raw[key] = flat[key]
     if "endpoints" in flat:
@@ -205,7 +230,9 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
             raise ConfigError(
-                f"{where}{key}", table[key], f"unknown key; known keys: {', '.join(sorted(allowed))}"
+                f"{where}{key}",
+                table[key],
+                f"unknown key; known keys: {', '.join(sorted(allowed))}",
             )
 
 
@@ -217,8 +244,11 @@ def _int(value: Any, key: str, lo: int, hi: int | None = None) -> int:
     except (TypeError, ValueError):
         raise ConfigError(key, value, "must be a whole number") from None
     if n < lo or (hi is not None and n > hi):
-        raise ConfigError(key, value, f"must be between {lo} and {hi}" if hi is not None
-                          else f"must be at least {lo}")  # fmt: skip
+        raise ConfigError(
+            key,
+            value,
+            f"must be between {lo} and {hi}" if hi is not None else f"must be at least {lo}",
+        )
     return n
 
 
@@ -265,15 +295,18 @@ def _build(raw: dict[str, Any]) -> Settings:
     ttl = _float(raw.get("ttl", 10.0), "ttl", 0.0)
     if ttl < MIN_TTL:
         raise ConfigError(
-            "ttl", raw.get("ttl"), f"must be at least {MIN_TTL:g} seconds: the store renews "
+            "ttl",
+            raw.get("ttl"),
+            f"must be at least {MIN_TTL:g} seconds: the store renews "
             "every ttl/3, and shorter leases lapse on any pause of the host",
         )
     store = _store_options(raw, ttl)
     pools = _pools(raw)
     pool = str(raw.get("pool") or pools[0].name)
     if pool not in {p.name for p in pools}:
-        raise ConfigError("pool", pool, f"not a configured pool; pools: "
-                          f"{', '.join(p.name for p in pools)}")  # fmt: skip
+        raise ConfigError(
+            "pool", pool, f"not a configured pool; pools: {', '.join(p.name for p in pools)}"
+        )
     dns = _dns(raw.get("dns", {}), pools)
     addresses = _addresses(raw.get("addresses", []))
     http = parse_hostport(str(raw["http"]), "http") if raw.get("http") else None
@@ -313,8 +346,11 @@ def _store_options(raw: Mapping[str, Any], ttl: float) -> StoreOptions:
     cluster = str(raw.get("cluster", "default"))
     if not _POOL_NAME.match(cluster):
         raise ConfigError("cluster", cluster, "must be lower-case letters, digits, '-' or '_'")
-    opt = {k: str(st[k]) for k in ("tls_ca", "tls_cert", "tls_key", "username", "password")
-           if st.get(k)}  # fmt: skip
+    opt = {
+        k: str(st[k])
+        for k in ("tls_ca", "tls_cert", "tls_key", "username", "password")
+        if st.get(k)
+    }
     return StoreOptions(
         endpoints=_str_list(raw.get("endpoints", []), "endpoints"),
         ttl=ttl,
@@ -337,13 +373,18 @@ def _pools(raw: Mapping[str, Any]) -> tuple[PoolSettings, ...]:
     for name, body in table.items():
         where = f"pools.{name}."
         if not _POOL_NAME.match(name):
-            raise ConfigError(f"pools.{name}", name, "pool names are lower-case letters, "
-                              "digits, '-' or '_' (at most 63)")  # fmt: skip
+            raise ConfigError(
+                f"pools.{name}",
+                name,
+                "pool names are lower-case letters, digits, '-' or '_' (at most 63)",
+            )
         if not isinstance(body, dict):
             raise ConfigError(f"pools.{name}", body, "must be a table")
         _unknown(body, _POOL_KEYS, where)
         if "pattern" not in body:
-            raise ConfigError(where + "pattern", None, "is required, e.g. 'worker{{.ID}}.tf.local.'")
+            raise ConfigError(
+                where + "pattern", None, "is required, e.g. 'worker{{.ID}}.tf.local.'"
+            )
         pattern = Pattern.parse(str(body["pattern"]), where + "pattern")
         limit = _int(body.get("limit", 64), where + "limit", 1, 1_000_000)
         first = _int(body.get("first", 0), where + "first", 0)
@@ -366,8 +407,11 @@ def _check_disjoint(pools: list[PoolSettings]) -> None:
         for slot in (p.first, p.first + p.limit - 1):
             name = p.name_of(slot)
             if seen.get(name, p.name) != p.name:
-                raise ConfigError(f"pools.{p.name}.pattern", p.pattern.source,
-                                  f"renders {name}, which pool {seen[name]} renders too")  # fmt: skip
+                raise ConfigError(
+                    f"pools.{p.name}.pattern",
+                    p.pattern.source,
+                    f"renders {name}, which pool {seen[name]} renders too",
+                )
             seen[name] = p.name
 
 
@@ -375,19 +419,25 @@ def _dns(table: Any, pools: tuple[PoolSettings, ...]) -> DnsSettings:
     if not isinstance(table, dict):
         raise ConfigError("dns", table, "must be a table ([dns])")
     _unknown(table, _DNS_KEYS, "dns.")
-    listen = tuple(parse_hostport(x, "dns.listen") for x in _str_list(
-        table.get("listen", ["127.0.0.1:5353"]), "dns.listen"))  # fmt: skip
+    listen = tuple(
+        parse_hostport(x, "dns.listen")
+        for x in _str_list(table.get("listen", ["127.0.0.1:5353"]), "dns.listen")
+    )
     zone = normalize_name(str(table.get("zone") or pools[0].pattern.parent()))
     if zone != "." and (why := check_name(zone)):
         raise ConfigError("dns.zone", zone, why)
     for p in pools:
         name = p.name_of(p.first)
         if zone != "." and not name.endswith("." + zone):
-            raise ConfigError(f"pools.{p.name}.pattern", p.pattern.source,
-                              f"renders {name}, outside the zone {zone}; set dns.zone to a "
-                              "domain that holds every pool")  # fmt: skip
-    reverse = tuple(normalize_name(z) for z in _str_list(table.get("reverse_zones", []),
-                                                          "dns.reverse_zones"))  # fmt: skip
+            raise ConfigError(
+                f"pools.{p.name}.pattern",
+                p.pattern.source,
+                f"renders {name}, outside the zone {zone}; set dns.zone to a "
+                "domain that holds every pool",
+            )
+    reverse = tuple(
+        normalize_name(z) for z in _str_list(table.get("reverse_zones", []), "dns.reverse_zones")
+    )
     for z in reverse:
         if not (z.endswith(".in-addr.arpa.") or z.endswith(".ip6.arpa.")):
             raise ConfigError("dns.reverse_zones", z, "must end in .in-addr.arpa or .ip6.arpa")
@@ -406,8 +456,9 @@ def _dns(table: Any, pools: tuple[PoolSettings, ...]) -> DnsSettings:
         stale_ttl=_int(table.get("stale_ttl", 30), "dns.stale_ttl", 0, 30),
         max_stale=_float(table.get("max_stale", 120.0), "dns.max_stale", 0.0),
         tcp_idle_timeout=_float(table.get("tcp_idle_timeout", 10.0), "dns.tcp_idle_timeout", 0.1),
-        tcp_max_connections=_int(table.get("tcp_max_connections", 256),
-                                 "dns.tcp_max_connections", 1),  # fmt: skip
+        tcp_max_connections=_int(
+            table.get("tcp_max_connections", 256), "dns.tcp_max_connections", 1
+        ),
         rrl_per_second=_int(table.get("rrl_per_second", 0), "dns.rrl_per_second", 0),
         log_queries=bool(table.get("log_queries", False)),
     )

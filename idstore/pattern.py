@@ -65,8 +65,10 @@ class Pattern:
                 widths.append(pm.group(1))
             else:
                 raise ConfigError(
-                    key, source, f"unsupported template action {m.group(0)!r}; "
-                    'use {{.ID}} or {{printf "%03d" .ID}}'
+                    key,
+                    source,
+                    f"unsupported template action {m.group(0)!r}; "
+                    'use {{.ID}} or {{printf "%03d" .ID}}',
                 )
             parts.append(text[pos : m.start()])
             pos = m.end()

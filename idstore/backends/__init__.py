@@ -28,7 +28,9 @@ def backend_class(name: str) -> type[SlotStore]:
             f"unknown backend {name!r}; installed backends: {', '.join(installed()) or 'none'}"
         )
     try:
-        mgr = driver.DriverManager(NAMESPACE, name, invoke_on_load=False)
+        mgr: driver.DriverManager[type[SlotStore]] = driver.DriverManager(
+            NAMESPACE, name, invoke_on_load=False
+        )
     except IdstoreError:
         raise  # e.g. the etcd backend's own clear message about protobuf
     except Exception as e:  # stevedore wraps import failures in many shapes

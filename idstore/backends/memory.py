@@ -19,6 +19,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from idstore.backends.base import (
     BrokenCallback,
@@ -75,7 +76,7 @@ class _Watch:
 class MemoryServer:
     """The shared state behind every MemoryStore with the same endpoint name."""
 
-    _servers: dict[str, MemoryServer] = {}
+    _servers: ClassVar[dict[str, MemoryServer]] = {}
     _servers_lock = threading.Lock()
 
     @classmethod
