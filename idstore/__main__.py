@@ -1,0 +1,5 @@
+import sys
+
+from idstore.cli import main
+
+sys.exit(main())
