@@ -1,0 +1,259 @@
+"""etcd-specific behaviour beyond the conformance suite, on real etcd servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+
+from idstore.backends.base import (
+    ConnectionState,
+    SlotRecord,
+    StoreOptions,
+)
+from idstore.backends.etcd import EtcdStore, parse_endpoint, parse_slot
+from idstore.errors import ConfigError, SessionLost, StoreUnavailable
+from tests.harness.etcd_server import EtcdCluster, EtcdServer, etcdctl, free_port
+
+POOL = "worker"
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until ``pred`` held; AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def rec(node: str = "n1") -> SlotRecord:
+    return SlotRecord(node_id=node, nonce=uuid.uuid4().hex, addresses=("192.0.2.1",))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EtcdServer]:
+    with EtcdServer() as s:
+        yield s
+
+
+@pytest.fixture
+def stores(server: EtcdServer) -> Iterator[Callable[..., EtcdStore]]:
+    made: list[EtcdStore] = []
+    cluster = f"u{uuid.uuid4().hex[:8]}"
+
+    def make(**kw: object) -> EtcdStore:
+        opts = replace(StoreOptions(endpoints=server.endpoints, cluster=cluster), **kw)  # type: ignore[arg-type]
+        store = EtcdStore(opts)
+        store.open()
+        made.append(store)
+        return store
+
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- pure helpers ------------------------------------------------------------------------
+
+
+def test_endpoint_parsing() -> None:
+    assert parse_endpoint("http://127.0.0.1:2379").target == "127.0.0.1:2379"
+    assert parse_endpoint("https://[::1]:23790").target == "[::1]:23790"
+    assert parse_endpoint("https://[::1]:23790").secure
+    assert parse_endpoint("etcd.local").target == "etcd.local:2379"
+    with pytest.raises(ConfigError):
+        parse_endpoint("ftp://x:1")
+
+
+def test_only_canonical_integer_keys_are_slots() -> None:
+    p = b"/idstore/c/worker/"
+    assert parse_slot(p + b"12", p) == 12
+    assert parse_slot(p + b"0", p) == 0
+    for bad in (b"012", b"x", b"1/queue", b"", b"-1"):
+        assert parse_slot(p + bad, p) is None
+
+
+def test_ttl_below_floor_is_refused() -> None:
+    with pytest.raises(ConfigError, match="etcd does not grant"):
+        EtcdStore(StoreOptions(endpoints=("http://127.0.0.1:1",), ttl=1.0))
+
+
+def test_import_names_the_protobuf_fix_when_upb_was_loaded_first() -> None:
+    code = (
+        "import google.protobuf.descriptor_pb2\n"  # protobuf loaded with its default (upb)
+        "from idstore.backends import backend_class\n"
+        "try:\n"
+        "    backend_class('etcd')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    ).stdout
+    assert out.startswith("BackendNotFound"), out
+    assert "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python" in out
+    assert "'upb'" in out
+
+
+# -- against one etcd --------------------------------------------------------------------
+
+
+def test_open_with_no_reachable_endpoint_names_every_endpoint() -> None:
+    dead = (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+    store = EtcdStore(StoreOptions(endpoints=dead, connect_timeout=1.0, request_timeout=0.5))
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        store.open()
+    assert time.monotonic() - start < 3.0
+    for url in dead:
+        assert url in str(info.value)
+    assert store.state is ConnectionState.LOST
+
+
+def test_open_fails_over_to_a_live_endpoint(server: EtcdServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    store = EtcdStore(StoreOptions(endpoints=(dead, *server.endpoints), connect_timeout=5.0))
+    store.open()
+    try:
+        assert store.state is ConnectionState.CONNECTED
+        store.claim(POOL, 0, rec())
+    finally:
+        store.close()
+
+
+def test_write_under_revoked_lease_raises_session_lost(
+    server: EtcdServer, stores: Callable[..., EtcdStore]
+) -> None:
+    store = stores(ttl=10.0)
+    states: list[ConnectionState] = []
+    store.add_listener(states.append)
+    old = store.session_id
+    etcdctl(server.endpoints, "lease", "revoke", old)
+    with pytest.raises(SessionLost):
+        store.claim(POOL, 0, rec())
+    # The write's failure makes the keepalive thread go LOST at once, not at the next
+    # renewal (3.3 s away with this TTL).
+    wait_for(lambda: store.session_id not in ("", old), 2.0, "a new session")
+    assert states[:2] == [ConnectionState.LOST, ConnectionState.CONNECTED]
+    assert store.claim(POOL, 0, rec()).session == store.session_id
+
+
+def test_list_skips_foreign_keys_and_unreadable_values(
+    server: EtcdServer, stores: Callable[..., EtcdStore]
+) -> None:
+    store = stores()
+    base = store.options.pool_path(POOL)
+    etcdctl(server.endpoints, "put", f"{base}/queue/1", "x")
+    etcdctl(server.endpoints, "put", f"{base}/7", "not json")
+    etcdctl(server.endpoints, "put", f"{base}x/1", "other pool sharing a prefix")
+    store.claim(POOL, 3, rec())
+    assert set(store.list(POOL).claims) == {3}
+
+
+def test_watch_from_compacted_revision_reports_broken(
+    server: EtcdServer, stores: Callable[..., EtcdStore]
+) -> None:
+    store = stores()
+    listing = store.list(POOL)
+    c = store.claim(POOL, 0, rec())
+    store.release(c)
+    store.claim(POOL, 1, rec())
+    rev = store.list(POOL).revision
+    etcdctl(server.endpoints, "compact", str(rev))
+    broken: list[str] = []
+    store.watch(listing, lambda evs: None, broken.append)
+    wait_for(lambda: bool(broken), 5.0, "on_broken after compaction")
+    assert "compacted" in broken[0]
+
+
+# -- store outages (own servers: these kill etcd) ----------------------------------------
+
+
+def test_etcd_down_suspends_then_loses_then_recovers_with_new_session() -> None:
+    ttl = 3.0
+    with EtcdServer() as srv:
+        store = EtcdStore(StoreOptions(endpoints=srv.endpoints, ttl=ttl, request_timeout=1.0))
+        store.open()
+        states: list[tuple[float, ConnectionState]] = []
+        store.add_listener(lambda s: states.append((time.monotonic(), s)))
+        broken: list[str] = []
+        store.watch(store.list(POOL), lambda evs: None, broken.append)
+        first = store.session_id
+        store.claim(POOL, 0, rec("me"))
+        try:
+            killed = time.monotonic()
+            srv.kill()
+            wait_for(lambda: store.state is ConnectionState.SUSPENDED, ttl, "SUSPENDED")
+            wait_for(lambda: store.state is ConnectionState.LOST, ttl + 1.0, "LOST")
+            lost_after = states[-1][0] - killed
+            # Lost is presumed no later than TTL after the last successful renewal.
+            assert lost_after <= ttl + 0.5, lost_after
+            with pytest.raises(SessionLost):
+                store.claim(POOL, 1, rec("me"))
+            wait_for(lambda: bool(broken), 2.0, "watch broken by the outage")
+            srv.start()
+            restarted = time.monotonic()
+            wait_for(lambda: store.state is ConnectionState.CONNECTED, 10.0, "CONNECTED")
+            back_after = time.monotonic() - restarted
+            assert store.session_id not in ("", first)
+            # The presumed-lost lease was revoked, so our old claim is gone at once.
+            assert 0 not in store.list(POOL).claims
+            store.claim(POOL, 0, rec("me"))
+            print(f"\nLOST {lost_after:.2f}s after kill (TTL {ttl}); CONNECTED {back_after:.2f}s")
+            print("states:", [(round(t - killed, 2), s.value) for t, s in states])
+        finally:
+            store.close()
+
+
+def test_crashed_holder_key_deleted_near_ttl(
+    server: EtcdServer, stores: Callable[..., EtcdStore]
+) -> None:
+    ttl = 2.0
+    holder, peer = stores(ttl=ttl), stores()
+    holder.claim(POOL, 0, rec("h"))
+    gone = threading.Event()
+    listing = peer.list(POOL)
+    peer.watch(
+        listing, lambda evs: gone.set() if any(e.claim is None for e in evs) else None, print
+    )
+    crashed = time.monotonic()
+    holder.close(release=False)
+    assert gone.wait(ttl * 4)
+    took = time.monotonic() - crashed
+    print(f"\nkey deleted {took:.2f}s after the holder crashed (TTL {ttl})")
+    assert took >= ttl * 0.5
+
+
+def test_failover_to_another_member_keeps_the_session() -> None:
+    with EtcdCluster(size=3) as cluster:
+        store = EtcdStore(StoreOptions(endpoints=cluster.endpoints, ttl=4.0, request_timeout=1.0))
+        store.open()
+        try:
+            session = store.session_id
+            store.claim(POOL, 0, rec("a"))
+            cluster.kill(0)  # the member the store is talking to
+            wait_for(lambda: _claims_ok(store), 10.0, "requests through another member")
+            time.sleep(4.0)  # past a TTL: renewals must go through the new member
+            assert store.session_id == session
+            assert store.state is ConnectionState.CONNECTED
+            assert store.list(POOL).claims[0].session == session
+        finally:
+            store.close()
+
+
+def _claims_ok(store: EtcdStore) -> bool:
+    try:
+        store.list(POOL)
+        return True
+    except StoreUnavailable:
+        return False
