@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from idstore import config
@@ -35,10 +36,10 @@ def test_shared_config_is_valid() -> None:
 def test_docker_compose_config_when_docker_compose_works() -> None:
     docker = shutil.which("docker")
     if docker is None:
-        return  # nothing more to check without the client; the YAML checks above ran
+        pytest.skip("no docker client; the structural checks above ran")
     probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
     if probe.returncode != 0:
-        return  # the plugin is absent here (CI): the structural checks above stand
+        pytest.skip("docker compose plugin absent (CI has none); structural checks above ran")
     out = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
