@@ -1,0 +1,905 @@
+"""ZooKeeper backend: a slot is an ephemeral znode, a session is a ZooKeeper session.
+
+Layout: ``<chroot>/<prefix>/<cluster>/<pool>/<slot>`` holds ``SlotRecord.encode()``; the
+pool znode and its parents are persistent. ``Claim.version`` is the slot znode's czxid
+(new on every create), ``Claim.session`` its ephemeralOwner in hex (``session_id``).
+
+Fencing. ZooKeeper cannot compare a znode's czxid in a transaction, and a versioned
+delete is no fence (every fresh znode has data version 0, so ``delete(path, 0)`` could
+remove a newer owner's znode). So every create idstore makes in a pool is a transaction
+that also bumps the pool znode's data version: the pool version is a pool-wide "a slot
+was created" counter. ``reclaim`` and ``release`` read the pool's version *before* the
+slot's stat (one session's requests are processed in order), check the slot's czxid,
+then commit ``check(pool, version)`` with their delete (and create). If the check holds,
+no znode was created in the pool since the slot was read, so the znode at the path is
+the one read or none at all: the delete can only hit the claim the caller meant.
+Deletions need no bump: a slot deleted in between makes the delete fail with NoNode.
+Only idstore may create znodes in a pool (the ACL enforces it when credentials are set).
+
+Session states. kazoo reports SUSPENDED on a lost connection but learns of expiry only
+after it reconnects, while the server expires the session a session timeout after it
+last heard from us and may hand our slot to another node. Like Curator, this backend
+presumes the session LOST once nothing has been heard from the server for 80% of the
+negotiated session timeout. If the session then turns out to have survived, it is
+closed and a new one opened: once a holder was told LOST it claims again under a new
+session, and nothing of the old one lingers.
+
+``ops`` counts idstore operations (open, claim, reclaim, release, list, watch), one
+each like every backend; ``wire_requests`` counts the ZooKeeper requests they sent
+(a list of N slots is 1 + N requests), for benchmarks that want the raw figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    AuthFailedError,
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import EventType as ZkEventType
+from kazoo.protocol.states import KazooState, WatchedEvent, ZnodeStat
+from kazoo.retry import KazooRetry
+from kazoo.security import ACL, make_acl, make_digest_acl
+
+from idstore.backends.base import (
+    BrokenCallback,
+    Claim,
+    ConnectionState,
+    EventsCallback,
+    EventType,
+    Listing,
+    SlotEvent,
+    SlotRecord,
+    SlotStore,
+    StoreOptions,
+)
+from idstore.errors import (
+    NotOwner,
+    SessionLost,
+    SlotTaken,
+    StoreError,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# Presume the session lost once the server has been silent this fraction of the session
+# timeout: the rest is the margin for clock rate, scheduling and the holder's reaction.
+LOST_AFTER = 0.8
+# How long open() waits for the state machine to see the new session.
+_STATE_SETTLE = 5.0
+_SCHEMES = ("zk://", "zookeeper://")
+
+
+@dataclass(frozen=True)
+class _ConnectSpec:
+    hosts: str  # kazoo connect string, without chroot
+    root: str  # path prefix idstore applies itself ("" for none)
+
+
+def parse_endpoints(options: StoreOptions) -> _ConnectSpec:
+    """Endpoints -> connect string and chroot.
+
+    Accepts ``host:port``, ``zk://host:port`` and a trailing ``/chroot`` on any entry;
+    ``extra["chroot"]`` wins. The chroot is applied as a path prefix by idstore itself,
+    so it is created on demand like the rest of the tree (a server-side chroot must
+    already exist).
+    """
+    hosts: list[str] = []
+    root = ""
+    for entry in options.endpoints:
+        for item in entry.split(","):
+            item = item.strip()
+            for scheme in _SCHEMES:
+                item = item.removeprefix(scheme)
+            host, sep, path = item.partition("/")
+            if sep and path.strip("/"):
+                root = "/" + path.strip("/")
+            if host:
+                hosts.append(host)
+    if not hosts:
+        hosts = ["127.0.0.1:2181"]
+    chroot = options.extra.get("chroot")
+    if chroot:
+        root = "/" + str(chroot).strip("/")
+    return _ConnectSpec(",".join(hosts), root.rstrip("/"))
+
+
+def _slot_of(name: str) -> int | None:
+    """The slot number a child name stands for; None for anything idstore did not make."""
+    if not name.isdigit() or (len(name) > 1 and name[0] == "0"):
+        return None
+    return int(name)
+
+
+def _session_of(client: KazooClient) -> str:
+    """The client's current session id as idstore shows it (hex, like ephemeralOwner)."""
+    client_id = client.client_id
+    return f"{int(client_id[0]):x}" if client_id else ""
+
+
+def _raise_first_failure(results: Sequence[Any]) -> None:
+    """kazoo returns a failed transaction's errors as result values: raise the cause."""
+    failures = [r for r in results if isinstance(r, Exception)]
+    causes = [r for r in failures if not isinstance(r, RolledBackError)]
+    if causes:
+        raise causes[0]
+    if failures:
+        raise failures[0]
+
+
+class ZooKeeperStore(SlotStore):
+    """SlotStore on ZooKeeper through kazoo."""
+
+    name = "zookeeper"
+
+    def __init__(self, options: StoreOptions) -> None:
+        super().__init__(options)
+        self._spec = parse_endpoints(options)
+        self._client: KazooClient | None = None
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue[str | None] = queue.Queue()
+        self._supervisor: threading.Thread | None = None
+        self._closing = False
+        self._sid: int | None = None
+        # A session we told the holder is lost; if it reappears it is closed, not used.
+        self._given_up_sid: int | None = None
+        self._silent_since: float | None = None  # monotonic; set while SUSPENDED
+        self._last_heard = 0.0  # monotonic time of the last packet from the server
+        self._negotiated = options.ttl  # session timeout the server granted, seconds
+        self._connected = threading.Event()
+        self._watches: set[_PoolWatch] = set()
+        self._known_pools: set[str] = set()
+        self._wire = 0
+        self._acl = self._make_acl()
+
+    # -- connection ------------------------------------------------------------------
+
+    def _make_acl(self) -> list[ACL] | None:
+        o = self.options
+        if not o.username:
+            return None
+        return [
+            make_digest_acl(o.username, o.password or "", all=True),
+            make_acl("world", "anyone", read=True),
+        ]
+
+    def auth_data(self) -> list[tuple[str, str]]:
+        o = self.options
+        if not o.username:
+            return []
+        return [("digest", f"{o.username}:{o.password or ''}")]
+
+    def _new_client(self) -> KazooClient:
+        o = self.options
+        tls = bool(o.tls_ca or o.tls_cert)
+        client = KazooClient(
+            hosts=self._spec.hosts,
+            timeout=o.ttl,
+            # Reconnect forever, quickly: a fresh session must follow an expiry at once.
+            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
+            auth_data=self.auth_data() or None,
+            default_acl=self._acl,
+            use_ssl=tls,
+            ca=o.tls_ca,
+            certfile=o.tls_cert,
+            keyfile=o.tls_key,
+            logger=logging.getLogger("kazoo.client"),
+        )
+        self._instrument(client)
+        client.add_listener(self._on_kazoo_state)
+        return client
+
+    def _instrument(self, client: KazooClient) -> None:
+        """Learn when the server last spoke and the session timeout it granted.
+
+        kazoo exposes neither, and both bound how long a silent session may still be
+        alive on the server. Wrapping two of its connection's methods is the only way
+        in; if a kazoo version lacks them, the backend falls back to the worst case
+        (SUSPENDED is reported up to 2/3 of the timeout after the server went quiet).
+        """
+        conn = getattr(client, "_connection", None)
+        read_socket = getattr(conn, "_read_socket", None)
+        connect = getattr(conn, "_connect", None)
+        if conn is None or read_socket is None or connect is None:
+            log.warning("kazoo internals changed: using worst-case session deadlines")
+            return
+
+        def read_socket_stamped(*args: Any, **kwargs: Any) -> Any:
+            self._last_heard = time.monotonic()
+            return read_socket(*args, **kwargs)
+
+        def connect_measured(*args: Any, **kwargs: Any) -> Any:
+            read_timeout, connect_timeout = connect(*args, **kwargs)
+            self._last_heard = time.monotonic()
+            # kazoo derives its read timeout as 2/3 of the negotiated timeout (ms).
+            granted = read_timeout * 1.5 / 1000.0
+            if abs(granted - self.options.ttl) > 0.05:
+                log.warning(
+                    "ZooKeeper granted a session timeout of %.1fs instead of ttl %.1fs "
+                    "(the server's min/maxSessionTimeout)",
+                    granted,
+                    self.options.ttl,
+                )
+            self._negotiated = granted
+            return read_timeout, connect_timeout
+
+        conn._read_socket = read_socket_stamped
+        conn._connect = connect_measured
+
+    def open(self) -> None:
+        self._count()
+        self._wire += 1
+        self._closing = False
+        self._connected.clear()
+        if self._supervisor is None or not self._supervisor.is_alive():
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="zk-supervisor", daemon=True
+            )
+            self._supervisor.start()
+        client = self._new_client()
+        self._client = client
+        try:
+            client.start(timeout=self.options.connect_timeout)
+        except (KazooTimeoutError, KazooException, OSError) as e:
+            self._client = None
+            raise StoreUnavailable(
+                f"no ZooKeeper server answered within {self.options.connect_timeout}s "
+                f"(tried {self._spec.hosts})"
+            ) from e
+        if not self._connected.wait(_STATE_SETTLE):
+            raise StoreUnavailable(f"ZooKeeper session on {self._spec.hosts} did not settle")
+
+    def close(self, release: bool = True) -> None:
+        self._closing = True
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                if release:
+                    client.stop()  # sends closeSession: our ephemerals vanish at once
+                else:
+                    self._drop_connection(client)
+                client.close()
+            except Exception:  # closing must not fail; the session ends either way
+                log.warning("closing the ZooKeeper client failed", exc_info=True)
+        self._inbox.put(None)
+        for w in self._watch_list():
+            w.cancel()
+        self._sid = None
+        self._set_state(ConnectionState.LOST)
+
+    @staticmethod
+    def _drop_connection(client: KazooClient) -> None:
+        """Disconnect without closeSession, as a crash would: the session (and its
+        ephemeral znodes) lives on on the server until it times out.
+
+        kazoo has no public call for this. Marking the client stopped keeps it from
+        reconnecting; kazoo's own test sentinel ``_CONNECTION_DROP`` makes its connection
+        thread drop the socket (the path a network error takes), and ``_safe_close``
+        waits for that thread to end.
+        """
+        from kazoo.protocol.connection import _CONNECTION_DROP
+
+        client._stopped.set()
+        client._call(_CONNECTION_DROP, client.handler.async_result())
+        client._safe_close()
+
+    @property
+    def session_id(self) -> str:
+        sid = self._sid
+        return f"{sid:x}" if sid else ""
+
+    def client_id(self) -> tuple[int, bytes] | None:
+        """Test hook: the (session id, password) pair, to expire the session remotely."""
+        client = self._client
+        if client is None or client.client_id is None:
+            return None
+        sid, passwd = client.client_id
+        return int(sid), bytes(passwd)
+
+    @property
+    def wire_requests(self) -> int:
+        """ZooKeeper requests sent (pings excluded); ``ops`` counts idstore operations."""
+        return self._wire
+
+    # -- state machine (supervisor thread) -------------------------------------------
+
+    def _on_kazoo_state(self, state: str) -> None:
+        """kazoo's listener, on its connection thread: must not block, so only queue."""
+        if state == KazooState.CONNECTED:
+            self._last_heard = time.monotonic()
+        self._inbox.put(state)
+
+    def _supervise(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=self._time_to_presumed_loss())
+            except queue.Empty:
+                self._presume_lost()
+                continue
+            if item is None:
+                if self._closing:
+                    return
+                continue
+            try:
+                self._handle(item)
+            except Exception:  # the state machine must outlive any bug in one step
+                log.exception("ZooKeeper state handling failed for %s", item)
+
+    def _time_to_presumed_loss(self) -> float | None:
+        if self._silent_since is None:
+            return None
+        # Without kazoo's packet times, assume the worst: SUSPENDED is reported up to
+        # 2/3 of the timeout after the server's last word.
+        heard = self._last_heard or self._silent_since - self._negotiated * 2 / 3
+        deadline = heard + self._negotiated * LOST_AFTER
+        return max(0.0, deadline - time.monotonic())
+
+    def _presume_lost(self) -> None:
+        if self._silent_since is None or self._state is not ConnectionState.SUSPENDED:
+            self._silent_since = None
+            return
+        silent = time.monotonic() - self._last_heard
+        log.warning(
+            "ZooKeeper silent for %.1fs of a %.1fs session: presuming session %s lost",
+            silent,
+            self._negotiated,
+            self.session_id,
+        )
+        self._silent_since = None
+        self._given_up_sid = self._sid
+        self._set_state(ConnectionState.LOST)
+        self._break_watches("session presumed lost (ZooKeeper unreachable)")
+
+    def _handle(self, state: str) -> None:
+        if self._closing:
+            return
+        if state == KazooState.CONNECTED:
+            self._on_connected()
+        elif state == KazooState.SUSPENDED:
+            if self._state is ConnectionState.CONNECTED:
+                self._silent_since = time.monotonic()
+                self._set_state(ConnectionState.SUSPENDED)
+        elif state == KazooState.LOST:
+            self._silent_since = None
+            self._set_state(ConnectionState.LOST)
+            self._break_watches("ZooKeeper session lost")
+
+    def _on_connected(self) -> None:
+        client = self._client
+        if client is None or client.client_id is None:
+            return
+        sid = int(client.client_id[0])
+        self._silent_since = None
+        if sid == self._given_up_sid:
+            self._replace_session(client, sid)
+            return
+        previous = self._state
+        if self._sid is not None and sid != self._sid and previous is not ConnectionState.LOST:
+            # A new session means the old one expired, even if kazoo never said so.
+            self._set_state(ConnectionState.LOST)
+        self._sid = sid
+        self._set_state(ConnectionState.CONNECTED)
+        self._connected.set()
+        if previous is not ConnectionState.CONNECTED:
+            self._break_watches("reconnected to ZooKeeper: watches were reset")
+
+    def _replace_session(self, client: KazooClient, sid: int) -> None:
+        """The session we gave up survived: close it (its ephemerals go) and start anew."""
+        log.info("session %x survived the outage but was given up: opening a new one", sid)
+        try:
+            client.stop()
+            client.start_async()  # kazoo keeps retrying; CONNECTED arrives via the listener
+        except Exception:
+            log.exception("could not replace ZooKeeper session %x", sid)
+
+    def _watch_list(self) -> list[_PoolWatch]:
+        with self._lock:
+            return list(self._watches)
+
+    def _break_watches(self, reason: str) -> None:
+        for w in self._watch_list():
+            w.broken(reason)
+
+    # -- requests --------------------------------------------------------------------
+
+    def _live_client(self, what: str) -> KazooClient:
+        client = self._client
+        if client is None:
+            raise StoreUnavailable(f"{what}: the ZooKeeper store is not open")
+        return client
+
+    def _require_connected(self, what: str) -> KazooClient:
+        """Claims need a session we know is alive: none while SUSPENDED or LOST."""
+        client = self._live_client(what)
+        if self._state is ConnectionState.LOST:
+            raise SessionLost(f"{what}: ZooKeeper session {self.session_id} is lost")
+        if self._state is not ConnectionState.CONNECTED:
+            raise StoreUnavailable(f"{what}: ZooKeeper {self._spec.hosts} is unreachable")
+        return client
+
+    def _wait(self, result: Any) -> Any:
+        return result.get(timeout=self.options.request_timeout)
+
+    def _send(self, n: int = 1) -> None:
+        self._wire += n
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Turn kazoo's exceptions into idstore's at this boundary."""
+        try:
+            yield
+        except (ConnectionClosedError, ConnectionLoss, OperationTimeoutError) as e:
+            raise StoreUnavailable(f"{what}: ZooKeeper {self._spec.hosts}: {e!r}") from e
+        except KazooTimeoutError as e:
+            raise StoreUnavailable(
+                f"{what}: no answer from ZooKeeper {self._spec.hosts} "
+                f"within {self.options.request_timeout}s"
+            ) from e
+        except SessionExpiredError as e:
+            raise SessionLost(f"{what}: ZooKeeper session {self.session_id} expired") from e
+        except NoAuthError as e:
+            raise StoreError(
+                f"{what}: not permitted by the znode's ACL; idstore's tree can only be "
+                "modified with the credentials that created it (store username/password)"
+            ) from e
+        except AuthFailedError as e:
+            raise StoreError(f"{what}: ZooKeeper rejected the digest credentials") from e
+        except KazooException as e:
+            raise StoreError(f"{what}: ZooKeeper error {e!r}") from e
+
+    def _pool_path(self, pool: str) -> str:
+        return self._spec.root + self.options.pool_path(pool)
+
+    def _slot_path(self, pool: str, slot: int) -> str:
+        return self._spec.root + self.options.slot_path(pool, slot)
+
+    def _ensure_pool(self, client: KazooClient, pool: str) -> None:
+        if pool in self._known_pools:
+            return
+        self._send(2)  # exists + create at the least
+        client.ensure_path(self._pool_path(pool), acl=self._acl)
+        self._known_pools.add(pool)
+
+    def _claim_of(self, pool: str, slot: int, data: bytes, stat: ZnodeStat) -> Claim:
+        return Claim(
+            pool=pool,
+            slot=slot,
+            record=SlotRecord.decode(data),
+            version=int(stat.czxid),
+            session=f"{int(stat.ephemeralOwner):x}",
+        )
+
+    def _read_claim(self, client: KazooClient, pool: str, slot: int) -> Claim | None:
+        self._send()
+        try:
+            data, stat = self._wait(client.get_async(self._slot_path(pool, slot)))
+        except NoNodeError:
+            return None
+        return self._claim_of(pool, slot, data, stat)
+
+    def _create_slot(
+        self, client: KazooClient, pool: str, slot: int, record: SlotRecord, fence: int | None
+    ) -> Claim:
+        """One transaction: [check pool version,] [delete slot,] create slot, bump pool.
+
+        ``fence`` given: the slot is replaced only if no slot was created in the pool
+        since the pool version ``fence`` was read.
+        """
+        pool_path, path = self._pool_path(pool), self._slot_path(pool, slot)
+        tx = client.transaction()
+        if fence is not None:
+            tx.check(pool_path, fence)
+            tx.delete(path)
+        tx.create(path, record.encode(), acl=self._acl, ephemeral=True)
+        tx.set_data(pool_path, b"")
+        self._send()
+        results = self._wait(tx.commit_async())
+        _raise_first_failure(results)
+        pool_stat = results[-1]
+        # Everything in one transaction shares its zxid: the pool's new mzxid is the
+        # slot's czxid, so no extra read is needed.
+        return Claim(pool, slot, record, int(pool_stat.mzxid), _session_of(client))
+
+    # -- slots -----------------------------------------------------------------------
+
+    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+        self._count()
+        what = f"claim {pool}/{slot}"
+        client = self._require_connected(what)
+        with self._translated(what):
+            for _ in range(5):
+                try:
+                    return self._create_slot(client, pool, slot, record, None)
+                except NoNodeError:
+                    self._known_pools.discard(pool)
+                    self._ensure_pool(client, pool)
+                except NodeExistsError:
+                    owner = self._read_claim(client, pool, slot)
+                    if owner is None:
+                        continue  # freed between our create and our read: try again
+                    mine = owner.session == _session_of(client)
+                    if mine and owner.record.same_boot(record):
+                        return owner  # our own earlier create that we never heard back from
+                    raise SlotTaken(pool, slot, owner) from None
+            raise StoreError(f"{what}: the slot kept changing; giving up")
+
+    def _fence_and_read(
+        self, client: KazooClient, pool: str, slot: int
+    ) -> tuple[int, tuple[bytes, ZnodeStat] | None]:
+        """The pool's version, then the slot: pipelined, and in that order on the server."""
+        pool_req = client.exists_async(self._pool_path(pool))
+        slot_req = client.get_async(self._slot_path(pool, slot))
+        self._send(2)
+        pool_stat = self._wait(pool_req)
+        try:
+            slot_data = self._wait(slot_req)
+        except NoNodeError:
+            slot_data = None
+        if pool_stat is None:
+            return -1, None
+        return int(pool_stat.version), slot_data
+
+    def _retry_fenced(self, what: str, attempt: Callable[[], Claim | bool]) -> Claim | bool:
+        """Run a fenced operation until its fence holds (unrelated creates in the pool
+        break the fence without changing our slot) or request_timeout passes."""
+        deadline = time.monotonic() + self.options.request_timeout
+        delay = 0.001
+        while True:
+            try:
+                return attempt()
+            except BadVersionError:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"{what}: the pool is too busy to fence") from None
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.05)
+
+    def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
+        self._count()
+        pool, slot = previous.pool, previous.slot
+        what = f"reclaim {pool}/{slot}"
+        if previous.record.node_id != record.node_id:
+            raise NotOwner(f"slot {pool}/{slot} belongs to node {previous.record.node_id!r}")
+        client = self._require_connected(what)
+
+        def attempt() -> Claim:
+            fence, current = self._fence_and_read(client, pool, slot)
+            if current is None:
+                raise SlotTaken(pool, slot, None)
+            held = self._claim_of(pool, slot, *current)
+            if held.version != previous.version:
+                raise SlotTaken(pool, slot, held)
+            try:
+                return self._create_slot(client, pool, slot, record, fence)
+            except NoNodeError:
+                raise SlotTaken(pool, slot, None) from None  # it expired meanwhile
+
+        with self._translated(what):
+            result = self._retry_fenced(what, attempt)
+        assert isinstance(result, Claim)
+        return result
+
+    def release(self, claim: Claim) -> bool:
+        self._count()
+        pool, slot = claim.pool, claim.slot
+        what = f"release {pool}/{slot}"
+        client = self._live_client(what)
+
+        def attempt() -> bool:
+            fence, current = self._fence_and_read(client, pool, slot)
+            if current is None or int(current[1].czxid) != claim.version:
+                return False
+            tx = client.transaction()
+            tx.check(self._pool_path(pool), fence)
+            tx.delete(self._slot_path(pool, slot))
+            self._send()
+            results = self._wait(tx.commit_async())
+            try:
+                _raise_first_failure(results)
+            except NoNodeError:
+                return False
+            return True
+
+        with self._translated(what):
+            result = self._retry_fenced(what, attempt)
+        assert isinstance(result, bool)
+        return result
+
+    def list(self, pool: str) -> Listing:
+        self._count()
+        what = f"list {pool}"
+        client = self._live_client(what)
+        with self._translated(what):
+            try:
+                self._send()
+                names, pool_stat = self._wait(
+                    client.get_children_async(self._pool_path(pool), include_data=True)
+                )
+            except NoNodeError:
+                return Listing(pool, {}, 0)
+            claims = self._fetch(client, pool, names, None)
+        revision = max([int(pool_stat.pzxid), *(c.version for c in claims.values())])
+        return Listing(pool, {s: c for s, c in claims.items() if c is not None}, revision)
+
+    def _fetch(
+        self,
+        client: KazooClient,
+        pool: str,
+        names: Sequence[str] | set[int],
+        watch: Callable[[WatchedEvent], None] | None,
+    ) -> dict[int, Claim]:
+        """Read many slots with pipelined gets; slots gone meanwhile are left out."""
+        slots = sorted(s for s in (_slot_of(str(n)) for n in names) if s is not None)
+        pending = [(s, client.get_async(self._slot_path(pool, s), watch=watch)) for s in slots]
+        self._send(len(pending))
+        claims: dict[int, Claim] = {}
+        for slot, req in pending:
+            try:
+                data, stat = self._wait(req)
+            except NoNodeError:
+                continue
+            try:
+                claims[slot] = self._claim_of(pool, slot, data, stat)
+            except StoreError:
+                log.warning("ignoring unreadable slot %s/%s: %r", pool, slot, data[:80])
+        return claims
+
+    def watch(
+        self,
+        since: Listing,
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+    ) -> _PoolWatch:
+        self._count()
+        w = _PoolWatch(self, since, on_events, on_broken)
+        with self._lock:
+            self._watches.add(w)
+        w.start()
+        return w
+
+    def _forget_watch(self, w: _PoolWatch) -> None:
+        with self._lock:
+            self._watches.discard(w)
+
+
+class _PoolWatch:
+    """One pool's watch: a children watch on the pool plus a data watch per slot.
+
+    ZooKeeper keeps no history, so a slot created and deleted before we read it is never
+    seen; to make that window as short as possible, requests are chained from kazoo's
+    own threads without a detour: a fired watch at once re-reads (re-arming itself), and
+    a listing at once fetches the slots it has not seen. Responses arrive on kazoo's
+    single completion thread in the order the server processed the requests; that thread
+    only queues them, and this watch's thread turns them, in that order, into events.
+    """
+
+    def __init__(
+        self,
+        store: ZooKeeperStore,
+        since: Listing,
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+    ) -> None:
+        self._store = store
+        self.pool = since.pool
+        self._path = store._pool_path(since.pool)
+        self._known: dict[int, Claim] = dict(since.claims)  # as delivered (watch thread)
+        self._tracked: set[int] = set()  # slots fetched with a data watch (kazoo threads)
+        self._tracked_lock = threading.Lock()
+        self._revision = since.revision
+        self._on_events = on_events
+        self._on_broken = on_broken
+        self._results: queue.Queue[_Result] = queue.Queue()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"zkwatch-{self.pool}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._done.set()
+        self._results.put(_Result("stop"))
+        self._store._forget_watch(self)
+
+    def broken(self, reason: str) -> None:
+        self._results.put(_Result("broken", reason=reason))
+
+    # -- kazoo's threads: never block ------------------------------------------------
+
+    def _client(self) -> KazooClient | None:
+        return None if self._done.is_set() else self._store._client
+
+    def _request_listing(self) -> None:
+        client = self._client()
+        if client is None:
+            return
+        self._store._send()
+        req = client.get_children_async(self._path, watch=self._on_children, include_data=True)
+        req.rawlink(self._on_listing)
+
+    def _on_children(self, event: WatchedEvent) -> None:
+        # NONE: the connection was reset; the store tells every watch when it is back.
+        if event.type != ZkEventType.NONE:
+            self._request_listing()
+
+    def _on_data(self, event: WatchedEvent) -> None:
+        slot = _slot_of(event.path.rsplit("/", 1)[-1])
+        if event.type != ZkEventType.NONE and slot is not None:
+            self._request_slot(slot)
+
+    def _request_slot(self, slot: int) -> None:
+        client = self._client()
+        if client is None:
+            return
+        self._store._send()
+        req = client.get_async(self._store._slot_path(self.pool, slot), watch=self._on_data)
+        req.rawlink(lambda result: self._on_slot(slot, result))
+
+    def _on_listing(self, result: Any) -> None:
+        try:
+            children, stat = result.get_nowait()
+        except NoNodeError:
+            self._await_pool()
+            return
+        except Exception as e:
+            self._results.put(_Result("error", reason=f"listing {self.pool} failed: {e!r}"))
+            return
+        slots = {s for s in (_slot_of(n) for n in children) if s is not None}
+        with self._tracked_lock:
+            new = sorted(slots - self._tracked)
+            self._tracked = slots
+        self._results.put(_Result("listing", slots=slots, revision=int(stat.pzxid)))
+        for slot in new:
+            self._request_slot(slot)
+
+    def _await_pool(self) -> None:
+        """No pool znode yet: an exists watch fires when it is created."""
+        client = self._client()
+        if client is None:
+            return
+        self._store._send()
+        req = client.exists_async(self._path, watch=self._on_children)
+
+        def exists(result: Any) -> None:
+            try:
+                if result.get_nowait() is not None:
+                    self._request_listing()  # created in between
+            except Exception as e:
+                self._results.put(_Result("error", reason=f"watching {self.pool}: {e!r}"))
+
+        req.rawlink(exists)
+
+    def _on_slot(self, slot: int, result: Any) -> None:
+        try:
+            data, stat = result.get_nowait()
+        except NoNodeError:
+            # Gone before we could read it (a listing reports the delete); a new znode
+            # there must be fetched again.
+            with self._tracked_lock:
+                self._tracked.discard(slot)
+            return
+        except Exception as e:
+            self._results.put(_Result("error", reason=f"reading {self.pool}/{slot}: {e!r}"))
+            return
+        try:
+            claim = self._store._claim_of(self.pool, slot, data, stat)
+        except StoreError:
+            log.warning("ignoring unreadable slot %s/%s: %r", self.pool, slot, data[:80])
+            return
+        revision = max(int(stat.czxid), int(stat.mzxid))
+        self._results.put(_Result("slot", slot=slot, claim=claim, revision=revision))
+
+    # -- this watch's thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        self._prepare_pool()
+        self._request_listing()
+        while True:
+            # Block for one result, then take every queued one: one delivery for a burst.
+            batch = [self._results.get()]
+            while not self._results.empty():
+                batch.append(self._results.get_nowait())
+            events: list[SlotEvent] = []
+            for item in batch:
+                if item.kind == "stop":
+                    return
+                if item.kind in ("broken", "error"):
+                    self._deliver(events)
+                    self._break(item.reason)
+                    return
+                events.extend(self._apply(item))
+            self._deliver(events)
+
+    def _prepare_pool(self) -> None:
+        """Create the pool znode if we may, so the children watch is armed before the
+        first claim (an exists watch would add a round trip to every early event)."""
+        store = self._store
+        client = self._client()
+        if client is None:
+            return
+        try:
+            with store._translated(f"watch {self.pool}"):
+                store._ensure_pool(client, self.pool)
+        except StoreError as e:
+            log.debug("watch %s: pool not created (%s); waiting for it", self.pool, e)
+
+    def _apply(self, item: _Result) -> list[SlotEvent]:
+        if item.kind == "listing":
+            # Absent from a listing newer than what we delivered: deleted.
+            gone = [
+                s
+                for s, c in self._known.items()
+                if s not in item.slots and c.version <= item.revision
+            ]
+            for slot in gone:
+                del self._known[slot]
+            return [SlotEvent(EventType.DELETE, self.pool, s, None, item.revision) for s in gone]
+        claim = item.claim
+        if claim is None or item.slot is None:
+            return []
+        held = self._known.get(item.slot)
+        if held == claim or (held is not None and held.version > claim.version):
+            return []
+        self._known[item.slot] = claim
+        return [SlotEvent(EventType.PUT, self.pool, item.slot, claim, item.revision)]
+
+    def _break(self, reason: str) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        self._store._forget_watch(self)
+        try:
+            self._on_broken(reason)
+        except Exception:
+            log.exception("watch on_broken callback failed")
+
+    def _deliver(self, events: list[SlotEvent]) -> None:
+        if not events or self._done.is_set():
+            return
+        events.sort(key=lambda e: e.revision)
+        ordered = []
+        for e in events:
+            # A slot read after a listing can be newer than a later-delivered one:
+            # keep revisions non-decreasing.
+            self._revision = max(self._revision, e.revision)
+            ordered.append(e if e.revision == self._revision else _with_revision(e, self._revision))
+        try:
+            self._on_events(ordered)
+        except Exception:
+            log.exception("watch on_events callback failed")
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What kazoo's threads hand to a watch's thread."""
+
+    kind: str  # listing | slot | error | broken | stop
+    slots: frozenset[int] | set[int] = frozenset()
+    slot: int | None = None
+    claim: Claim | None = None
+    revision: int = 0
+    reason: str = ""
+
+
+def _with_revision(event: SlotEvent, revision: int) -> SlotEvent:
+    return SlotEvent(event.type, event.pool, event.slot, event.claim, revision)
