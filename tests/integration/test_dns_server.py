@@ -1,0 +1,290 @@
+"""DnsServer over real sockets on loopback, queried with dnspython and dig."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from idstore.config import DnsSettings
+from idstore.dns import DnsServer, Zone
+from tests.unit.test_dns_zone import member, ps_pool, worker_pool
+
+DIG = shutil.which("dig")
+
+
+class LoopThread:
+    """An event loop running in a background thread, for servers under test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+ServerFactory = Callable[..., tuple[DnsServer, Zone, tuple[str, int]]]
+
+
+@pytest.fixture
+def start_server(loop_thread: LoopThread) -> Iterator[ServerFactory]:
+    started: list[DnsServer] = []
+
+    def factory(n: int = 4, **dns_kw: Any) -> tuple[DnsServer, Zone, tuple[str, int]]:
+        settings = DnsSettings(
+            listen=(("127.0.0.1", 0),),
+            zone="tf.local.",
+            reverse_zones=("2.0.192.in-addr.arpa.",),
+            **dns_kw,
+        )
+        zone = Zone(settings, [worker_pool(), ps_pool()])
+        zone.update([("worker", i, member(i)) for i in range(n)])
+        zone.set_identity("worker1.tf.local.")
+        server = DnsServer(zone, settings)
+        loop_thread.run(server.start())
+        started.append(server)
+        return server, zone, server.bound[0]
+
+    yield factory
+    for server in started:
+        loop_thread.run(server.stop())
+
+
+def udp(addr: tuple[str, int], name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    return dns.query.udp(q, addr[0], port=addr[1], timeout=3, ignore_trailing=False)
+
+
+def tcp(addr: tuple[str, int], name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    return dns.query.tcp(q, addr[0], port=addr[1], timeout=3)
+
+
+def answers(reply: dns.message.Message) -> list[str]:
+    return sorted(rd.to_text() for rrset in reply.answer for rd in rrset)
+
+
+def test_binds_udp_and_tcp_on_the_same_port(start_server: ServerFactory) -> None:
+    _, _, addr = start_server()
+    assert addr[1] != 0
+    assert answers(udp(addr, "worker2.tf.local.")) == ["192.0.2.12"]
+    assert answers(tcp(addr, "worker2.tf.local.")) == ["192.0.2.12"]
+
+
+def test_every_record_type(start_server: ServerFactory) -> None:
+    _, _, addr = start_server()
+    assert answers(udp(addr, "worker3.tf.local.", "AAAA")) == ["2001:db8::4"]
+    assert answers(udp(addr, "_grpc._tcp.worker.tf.local.", "SRV")) == [
+        f"0 1 2222 worker{i}.tf.local." for i in range(4)
+    ]
+    assert answers(udp(addr, "worker0.tf.local.", "TXT")) == [
+        '"pool=worker" "slot=0" "node=node-worker-0"'
+    ]
+    assert answers(udp(addr, "13.2.0.192.in-addr.arpa.", "PTR")) == ["worker3.tf.local."]
+    assert answers(udp(addr, "tf.local.", "NS")) == ["ns.tf.local."]
+    r = udp(addr, "nope.tf.local.")
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.authority
+    assert udp(addr, "example.org.").rcode() == dns.rcode.REFUSED
+    r = udp(addr, "worker1.tf.local.", use_edns=0,
+            options=[dns.edns.GenericOption(dns.edns.NSID, b"")])  # fmt: skip
+    assert [o.to_wire() for o in r.options] == [b"worker1.tf.local."]
+
+
+def test_truncated_udp_then_tcp_retry(start_server: ServerFactory) -> None:
+    _, _, addr = start_server(n=100)
+    q = dns.message.make_query("_grpc._tcp.worker.tf.local.", "SRV")
+    reply, used_tcp = dns.query.udp_with_fallback(q, addr[0], port=addr[1], timeout=3)
+    assert used_tcp and len(answers(reply)) == 100
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return out
+
+
+def _read_tcp_message(sock: socket.socket) -> dns.message.Message:
+    (size,) = struct.unpack(">H", _read_exact(sock, 2))
+    return dns.message.from_wire(_read_exact(sock, size))
+
+
+def test_pipelined_tcp_queries_all_answered(start_server: ServerFactory) -> None:
+    _, _, addr = start_server(n=10)
+    queries = [dns.message.make_query(f"worker{i}.tf.local.", "A") for i in range(10)]
+    payload = b"".join(struct.pack(">H", len(w)) + w for w in (q.to_wire() for q in queries))
+    with socket.create_connection(addr, timeout=3) as sock:
+        sock.sendall(payload)
+        replies = [_read_tcp_message(sock) for _ in range(10)]
+    assert {r.id: answers(r) for r in replies} == {
+        q.id: [f"192.0.2.{10 + i}"] for i, q in enumerate(queries)
+    }
+
+
+def test_split_length_prefix(start_server: ServerFactory) -> None:
+    _, _, addr = start_server()
+    wire = dns.message.make_query("worker1.tf.local.", "A").to_wire()
+    framed = struct.pack(">H", len(wire)) + wire
+    with socket.create_connection(addr, timeout=3) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in (framed[:1], framed[1:2], framed[2:9], framed[9:]):
+            sock.sendall(part)
+            time.sleep(0.05)
+        assert answers(_read_tcp_message(sock)) == ["192.0.2.11"]
+
+
+def test_idle_tcp_connection_is_closed(start_server: ServerFactory) -> None:
+    _, _, addr = start_server(tcp_idle_timeout=0.3)
+    with socket.create_connection(addr, timeout=5) as sock:
+        assert sock.recv(1) == b""  # closed by the server, long before our 5 s timeout
+
+
+def test_connection_cap_and_slow_tcp_never_stalls_udp(start_server: ServerFactory) -> None:
+    _, _, addr = start_server(tcp_max_connections=2)
+    held = [socket.create_connection(addr, timeout=3) for _ in range(2)]
+    try:
+        held[0].sendall(b"\x00\x40partial")  # a query that never completes
+        time.sleep(0.1)
+        third = socket.create_connection(addr, timeout=3)
+        with third:
+            try:
+                closed = third.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed
+        assert answers(udp(addr, "worker1.tf.local.")) == ["192.0.2.11"]
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_malformed_udp_then_normal_answers(start_server: ServerFactory) -> None:
+    _, zone, addr = start_server()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        loop = (
+            b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\xc0\x0e\xc0\x0c\x00\x01\x00\x01"
+        )
+        sock.sendto(loop, addr)
+        reply, _ = sock.recvfrom(512)
+        assert reply[:2] == b"\xbe\xef" and reply[3] & 0x0F == dns.rcode.FORMERR
+        sock.sendto(b"\x00\x01\x85\x00" + b"\x00" * 8, addr)  # a response: never answered
+    assert answers(udp(addr, "worker1.tf.local.")) == ["192.0.2.11"]
+    assert zone.stats.dropped >= 1
+
+
+def test_view_changes_reach_answers(start_server: ServerFactory) -> None:
+    _, zone, addr = start_server()
+    assert udp(addr, "worker7.tf.local.").rcode() == dns.rcode.NXDOMAIN
+    zone.update([("worker", 7, member(7))])
+    assert answers(udp(addr, "worker7.tf.local.")) == ["192.0.2.17"]
+
+
+# --------------------------------------------------------------------------- forwarding
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    """A tiny upstream resolver: answers every A query with 203.0.113.9."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.queries = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries += 1
+        q = dns.message.from_wire(data)
+        r = dns.message.make_response(q)
+        r.flags |= dns.flags.RA
+        r.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "203.0.113.9"))
+        assert self.transport is not None
+        self.transport.sendto(r.to_wire(), addr)
+
+
+def test_forwarding_relays_out_of_zone_queries(
+    start_server: ServerFactory, loop_thread: LoopThread
+) -> None:
+    upstream = _Upstream()
+
+    async def start_upstream() -> tuple[asyncio.DatagramTransport, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: upstream, local_addr=("127.0.0.1", 0)
+        )
+        return transport, transport.get_extra_info("sockname")[1]
+
+    transport, port = loop_thread.run(start_upstream())
+    try:
+        _, zone, addr = start_server(forward=(f"127.0.0.1:{port}",), forward_timeout=2.0)
+        r = udp(addr, "www.example.com.")
+        assert r.rcode() == dns.rcode.NOERROR and answers(r) == ["203.0.113.9"]
+        assert answers(tcp(addr, "www.example.com.")) == ["203.0.113.9"]
+        assert answers(udp(addr, "worker1.tf.local.")) == ["192.0.2.11"]  # in-zone: ours
+        assert upstream.queries == 2 and zone.stats.forwarded == 2
+    finally:
+        loop_thread.loop.call_soon_threadsafe(transport.close)
+
+
+def test_forwarding_to_a_dead_upstream_servfails(start_server: ServerFactory) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, never answers
+        port = dead.getsockname()[1]
+        _, _, addr = start_server(forward=(f"127.0.0.1:{port}",), forward_timeout=0.2)
+        assert udp(addr, "www.example.com.").rcode() == dns.rcode.SERVFAIL
+
+
+# --------------------------------------------------------------------------- dig
+
+
+def dig(addr: tuple[str, int], *args: str) -> str:
+    assert DIG is not None
+    out = subprocess.run(
+        [DIG, "@" + addr[0], "-p", str(addr[1]), "+time=3", "+tries=1", *args],
+        capture_output=True, text=True, timeout=20, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed")
+def test_dig(start_server: ServerFactory) -> None:
+    _, _, addr = start_server(n=60)
+    assert dig(addr, "+short", "worker5.tf.local.").split() == ["192.0.2.15"]
+    out = dig(addr, "+nsid", "worker5.tf.local.")
+    assert "flags: qr aa rd;" in out and "NSID: 77 6f 72 6b 65 72 31" in out
+    srv = dig(addr, "+short", "SRV", "_grpc._tcp.worker.tf.local.")  # TC -> dig retries on TCP
+    assert len(srv.splitlines()) == 60
+    assert "status: NXDOMAIN" in dig(addr, "nope.tf.local.")
+    assert "status: REFUSED" in dig(addr, "example.com.")
+    assert dig(addr, "+short", "-x", "192.0.2.12").split() == ["worker2.tf.local."]
