@@ -193,6 +193,9 @@ class Connection:
 # -- errors ------------------------------------------------------------------------------
 
 _UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
+# etcd reports some transient failures with other codes, e.g. UNKNOWN "context deadline
+# exceeded" from a member that lost its leader during an election.
+_TRANSIENT = ("context deadline exceeded", "timed out", "leader changed", "no leader")
 
 
 def _code(e: grpc.RpcError) -> tuple[str, str]:
@@ -209,7 +212,7 @@ def translate(e: grpc.RpcError, what: str, endpoint: str) -> StoreError:
     """The idstore error for a gRPC failure of request ``what`` at ``endpoint``."""
     code, details = _code(e)
     msg = f"etcd {what} at {endpoint}: {code}: {details}"
-    if code in _UNAVAILABLE:
+    if code in _UNAVAILABLE or any(t in details for t in _TRANSIENT):
         return StoreUnavailable(msg)
     if "lease not found" in details:
         return SessionLost(msg)
@@ -308,10 +311,12 @@ class EtcdStore(SlotStore):
         *,
         timeout: float | None = None,
         failover_retry: bool = False,
+        count: bool = True,
     ) -> T:
         """Run one request with its own deadline, translating every gRPC error.
 
-        ``failover_retry`` repeats an idempotent request once per other endpoint.
+        ``failover_retry`` repeats an idempotent request once per other endpoint. Every
+        attempt is counted in ``ops`` unless ``count`` is False (keepalives).
         """
         timeout = self.options.request_timeout if timeout is None else timeout
         attempts = len(self._endpoints) if failover_retry else 1
@@ -320,6 +325,8 @@ class EtcdStore(SlotStore):
             conn = self._current()
             try:
                 conn.ensure_auth(timeout)
+                if count:
+                    self._count()
                 return call(conn, timeout)
             except grpc.RpcError as e:
                 if _token_expired(e) and not reauthed:
@@ -387,9 +394,10 @@ class EtcdStore(SlotStore):
             w.cancel()
         self._stop.set()
         self._wake.set()
-        if self._keepalive is not None:
-            self._keepalive.join(self.options.request_timeout * 2 + 1)
-            self._keepalive = None
+        thread, self._keepalive = self._keepalive, None
+        # A state listener may close the store from the keepalive thread itself.
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.options.request_timeout * 2 + 1)
         with self._lease_lock:
             lease, self._lease_id = self._lease_id, None
         if release and lease is not None:
@@ -404,7 +412,6 @@ class EtcdStore(SlotStore):
             conn.close()
 
     def _grant(self, timeout: float, failover_retry: bool = True) -> tuple[int, int]:
-        self._count()
         want = math.ceil(self.options.ttl)  # etcd leases are whole seconds: never shorter
         resp = self._rpc(
             "lease grant",
@@ -424,7 +431,6 @@ class EtcdStore(SlotStore):
         return int(resp.ID), granted
 
     def _revoke(self, lease_id: int) -> bool:
-        self._count()
         try:
             self._rpc(
                 "lease revoke",
@@ -500,7 +506,7 @@ class EtcdStore(SlotStore):
                 stream.cancel()
             raise StoreUnavailable("etcd closed the keepalive stream without a reply")
 
-        return self._rpc("lease keepalive", call, timeout=timeout)
+        return self._rpc("lease keepalive", call, timeout=timeout, count=False)
 
     def _lose(self, lease: int, reason: str) -> None:
         with self._lease_lock:
@@ -558,7 +564,6 @@ class EtcdStore(SlotStore):
     # -- slots ---------------------------------------------------------------------------
 
     def _txn(self, what: str, txn: Any, lease: int | None, retry: bool = False) -> Any:
-        self._count()
         try:
             return self._rpc(
                 what,
@@ -637,7 +642,6 @@ class EtcdStore(SlotStore):
         return bool(self._txn("release", txn, None).succeeded)
 
     def list(self, pool: str) -> Listing:
-        self._count()
         prefix = (self.options.pool_path(pool) + "/").encode()
         req = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
         resp = self._rpc(
