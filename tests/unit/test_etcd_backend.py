@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -257,3 +258,26 @@ def _claims_ok(store: EtcdStore) -> bool:
         return True
     except StoreUnavailable:
         return False
+
+
+def test_watch_on_a_member_cut_off_from_quorum_reports_broken() -> None:
+    with EtcdCluster(size=3) as cluster:
+        opts = StoreOptions(
+            endpoints=cluster.endpoints[:1],
+            request_timeout=1.0,
+            extra={"watch_check_interval": 1.0},
+        )
+        store = EtcdStore(opts)
+        store.open()
+        broken: list[str] = []
+        store.watch(store.list(POOL), lambda evs: None, broken.append)
+        peers = [m.proc for m in cluster.members[1:] if m.proc is not None]
+        try:
+            for p in peers:  # m0 stays up, its stream open, but it has no quorum
+                p.send_signal(signal.SIGSTOP)
+            took = wait_for(lambda: bool(broken), 6.0, "on_broken from a cut-off member")
+            print(f"\nwatch on a cut-off member broken after {took:.2f}s: {broken[0]}")
+        finally:
+            for p in peers:
+                p.send_signal(signal.SIGCONT)
+            store.close(release=False)
