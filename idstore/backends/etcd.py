@@ -610,10 +610,7 @@ class EtcdStore(SlotStore):
         resp = self._txn("claim", txn, lease, retry=True)
         if resp.succeeded:
             return Claim(pool, slot, record, int(resp.header.revision), session_name(lease))
-        owner = self._owner(pool, slot, resp)
-        if owner and owner.session == session_name(lease) and owner.record.same_boot(record):
-            return owner
-        raise SlotTaken(pool, slot, owner)
+        return self._own_or_taken(pool, slot, record, lease, resp)
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
         pool, slot = previous.pool, previous.slot
@@ -628,10 +625,20 @@ class EtcdStore(SlotStore):
             success=[_put(key, record, lease)],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
-        resp = self._txn("reclaim", txn, lease)
+        # Safe to retry like claim: an applied first attempt comes back as our own claim.
+        resp = self._txn("reclaim", txn, lease, retry=True)
         if resp.succeeded:
             return Claim(pool, slot, record, int(resp.header.revision), session_name(lease))
-        raise SlotTaken(pool, slot, self._owner(pool, slot, resp))
+        return self._own_or_taken(pool, slot, record, lease, resp)
+
+    def _own_or_taken(
+        self, pool: str, slot: int, record: SlotRecord, lease: int, resp: Any
+    ) -> Claim:
+        """After a failed compare: our own claim (a retry that had applied), else SlotTaken."""
+        owner = self._owner(pool, slot, resp)
+        if owner and owner.session == session_name(lease) and owner.record.same_boot(record):
+            return owner
+        raise SlotTaken(pool, slot, owner)
 
     def release(self, claim: Claim) -> bool:
         key = self.options.slot_path(claim.pool, claim.slot).encode()

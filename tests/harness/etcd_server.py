@@ -224,7 +224,7 @@ class EtcdCluster:
 
     def _stop_all(self, members: Sequence[EtcdMember]) -> None:
         for m in members:
-            m.signal(signal.SIGKILL if not m.running() else signal.SIGTERM)
+            m.signal(signal.SIGTERM)  # also reaps a member that already exited
 
     def _port_clash(self) -> bool:
         return any("address already in use" in m.log_tail() for m in self.members)
