@@ -35,9 +35,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
-    # Client libraries are chatty at INFO about every reconnect attempt; idstore reports those.
-    for noisy in ("kazoo", "kazoo.client", "stevedore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kazoo logs every reconnect attempt as a warning; idstore reports the state changes
+    # that matter (SUSPENDED / LOST / CONNECTED) itself, with progress, so keep errors only.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
+    logging.getLogger("stevedore").setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

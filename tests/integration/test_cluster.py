@@ -113,7 +113,8 @@ def test_eight_nodes_at_once_each_name_is_one_distinct_node(cluster: Cluster) ->
 def test_killed_node_frees_its_name_and_a_new_node_takes_that_slot(cluster: Cluster) -> None:
     nodes = start_all(cluster, 3)
     victim = nodes[1]
-    name = f"worker{slot_of(victim)}.tf.local"
+    victim_slot = slot_of(victim)
+    name = f"worker{victim_slot}.tf.local"
     others = [nodes[0], nodes[2]]
     for n in others:
         wait_for(lambda n=n: addresses_of(n.port, name) == {"192.0.2.2"}, 10, "name resolves")
@@ -124,7 +125,7 @@ def test_killed_node_frees_its_name_and_a_new_node_takes_that_slot(cluster: Clus
     gone = time.monotonic() - t0
     print(f"\n[{cluster.backend}] name gone after kill -9: {gone:.2f}s (ttl {TTL}s)")
     newcomer = cluster.node(7)
-    assert slot_of(newcomer) == slot_of(victim)
+    assert slot_of(newcomer) == victim_slot
     wait_for(lambda: addresses_of(nodes[0].port, name) == {"192.0.2.8"}, 10, "newcomer's name")
 
 
@@ -156,7 +157,7 @@ def test_ninth_node_waits_then_takes_the_first_freed_slot(cluster: Cluster) -> N
     wait_for(lambda: "is full" in extra.log(), 20, "the 9th node to say the pool is full")
     assert "claimed slot" not in extra.log()
     freed = slot_of(nodes[5])
-    nodes[5].stop(signal.SIGTERM)
+    assert nodes[5].stop(signal.SIGTERM) == 0
     assert slot_of(extra) == freed
 
 
