@@ -109,26 +109,28 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.server = server
         self.resolve = server.zone.resolve
         self.transport: asyncio.DatagramTransport | None = None
+        self.sendto: Callable[[bytes, tuple[str | object, ...]], None] = _not_connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not every loop's UDP transport subclasses DatagramTransport (asyncio's own doesn't).
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.sendto = self.transport.sendto
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         result = self.resolve(data, "udp", addr)
-        if result is None:
-            return
-        transport = self.transport
-        if transport is None:
-            return
         if type(result) is bytes:
-            transport.sendto(result, addr)
+            self.sendto(result, addr)
         elif isinstance(result, ForwardRequest):
-            self.server.relay(result, lambda reply: transport.sendto(reply, addr))
+            sendto = self.sendto
+            self.server.relay(result, lambda reply: sendto(reply, addr))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a client that went away: nothing to do.
         log.debug("udp error: %r", exc)
+
+
+def _not_connected(data: bytes, addr: tuple[str | object, ...]) -> None:
+    raise RuntimeError("UDP transport not connected")
 
 
 class _TcpConnection(asyncio.Protocol):

@@ -325,3 +325,62 @@ def test_rate_limiting_drops_or_slips_beyond_the_limit() -> None:
     # Another /24 is not affected, nor is TCP.
     assert zone.answer(q, "udp", ("198.51.99.7", 1)) is not None
     assert all(zone.answer(q, "tcp", ("198.51.100.7", 1)) for _ in range(10))
+
+
+def test_updates_from_another_thread_while_answering() -> None:
+    import threading
+
+    zone = make_zone(0)
+    queries = [dns.message.make_query(f"worker{i}.tf.local.", "A").to_wire() for i in range(50)]
+    stop = threading.Event()
+
+    def churn() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            zone.update([("worker", i, member(i) if (i + k) % 2 else None) for i in range(50)])
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        rcodes = set()
+        for _ in range(200):
+            for q in queries:
+                r = dns.message.from_wire(zone.answer(q, "udp", CLIENT) or b"")
+                rcodes.add(r.rcode())
+    finally:
+        stop.set()
+        t.join()
+    assert rcodes <= {dns.rcode.NOERROR, dns.rcode.NXDOMAIN}
+    # Once quiet, answers match the final view exactly (no stale cached reply survives).
+    zone.update([("worker", i, member(i) if i % 3 else None) for i in range(50)])
+    for i, q in enumerate(queries):
+        r = dns.message.from_wire(zone.answer(q, "udp", CLIENT) or b"")
+        assert (r.rcode() == dns.rcode.NOERROR) == bool(i % 3), i
+
+
+def test_repeated_queries_follow_view_changes(zone: Zone) -> None:
+    q = dns.message.make_query("worker1.tf.local.", "A").to_wire()
+    first = zone.answer(q, "udp", CLIENT)
+    assert zone.answer(q, "udp", CLIENT) == first  # the remembered reply
+    zone.update([("worker", 1, None)])
+    r = dns.message.from_wire(zone.answer(q, "udp", CLIENT) or b"")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    zone.set_identity("worker2.tf.local.")
+    nsid = dns.message.make_query(
+        "worker2.tf.local.", "A", use_edns=0, options=[dns.edns.GenericOption(dns.edns.NSID, b"")]
+    ).to_wire()
+    assert zone.answer(nsid, "udp", CLIENT)
+    zone.set_identity("worker3.tf.local.")
+    r = dns.message.from_wire(zone.answer(nsid, "udp", CLIENT) or b"")
+    assert [o.to_wire() for o in r.options] == [b"worker3.tf.local."]
+
+
+def test_random_case_flood_stays_bounded(zone: Zone) -> None:
+    import random
+
+    rng = random.Random(3)
+    for _ in range(21000):
+        name = "".join(c.upper() if rng.random() < 0.5 else c for c in "worker1.tf.local.")
+        zone.answer(dns.message.make_query(name, "A").to_wire(), "udp", CLIENT)
+    assert len(zone._replies) <= 20000
