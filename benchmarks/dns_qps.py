@@ -1,48 +1,266 @@
-"""DNS queries per second: idstore's DNS frontend vs NSD, same names, same run.
+"""DNS queries per second: a real ``idstore serve`` vs NSD, same names, same run.
 
-Runs dnsperf (10 clients, 10 s by default) against
-1. idstore's DnsServer (the code ``idstore serve`` runs) on uvloop, holding N claimed
-   names with the full feature set on (reverse zone, NSID identity, SRV pools), fed
-   directly through ``Zone.update`` so no store is needed;
-2. NSD serving the same N names from a zone file (response-rate limiting off, see the
+Default mode (what issue 6 asks for):
+1. start a real etcd on loopback (tests/harness/etcd_server.py), claim N-1 slots of the
+   pool ``worker`` with fake records through the real etcd backend (one session, one
+   ``claim`` per slot, distinct addresses 10.x.y.z: data only, nothing is sent to them);
+2. start a real ``idstore serve --backend etcd`` (its own process, config file with SRV
+   port and a reverse zone, so the full feature set is on) which claims the N-th slot;
+   wait until its DNS view answers every one of the N names;
+3. dnsperf (10 clients, 10 s) over the N names against it;
+4. NSD serving the same N names from a zone file (response-rate limiting off, see the
    field notes: Debian's default RRL throttles a benchmark to a few hundred QPS).
 
-Prints one JSON line per server (server, qps, avg_latency_ms, lost, queries) and then
-``{"ratio": idstore_qps / nsd_qps}``. Usage::
+``--in-process`` replaces steps 1-2 by a child process that feeds DnsServer + Zone
+directly (no store): the DNS frontend alone, for comparison.
 
-    python benchmarks/dns_qps.py [--names 1000] [--seconds 10] [--clients 10]
+Prints one JSON line per server (server, qps, avg_latency_ms, lost, queries) and then
+``{"ratio": idstore_qps / nsd_qps}``. With ``--rounds R`` the pair is measured R times
+(alternating, so both see the same background load) and the ratio line gives the median
+and every round's figure. Usage::
+
+    python benchmarks/dns_qps.py [--names 1000] [--seconds 10] [--clients 10] [--rounds 1]
+
+Helpers here (config file, serve process, pre-claims, raw queries, dnsperf, NSD) are
+shared with benchmarks/propagation.py and benchmarks/scale.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import random
 import re
 import shutil
 import signal
 import socket
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 ZONE = "tf.local."
+POOL = "worker"
+PATTERN = "worker{{.ID}}." + ZONE
+SRV_PORT = 2222
+HOST = "127.0.0.1"
+
+
+def address(i: int) -> str:
+    """The fake address of slot ``i`` (data only: never contacted)."""
+    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
 def names(n: int) -> list[tuple[str, str]]:
-    return [(f"worker{i}.{ZONE}", f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
-            for i in range(n)]  # fmt: skip
+    return [(f"worker{i}.{ZONE}", address(i)) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- raw DNS
+
+
+def wire_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\x00"
+
+
+QTYPES = {"A": 1, "NS": 2, "SOA": 6, "PTR": 12, "TXT": 16, "AAAA": 28, "SRV": 33}
+
+
+def make_query(name: str, qtype: str = "A", qid: int = 0) -> bytes:
+    """A minimal query (RD off, no EDNS): header + question."""
+    return (
+        struct.pack(">HHHHHH", qid, 0, 1, 0, 0, 0)
+        + wire_name(name)
+        + struct.pack(">HH", QTYPES[qtype], 1)
+    )
+
+
+def ask(sock: socket.socket, port: int, query: bytes, timeout: float = 0.5) -> bytes | None:
+    """Send ``query`` once on UDP; the reply with the same ID, or None on timeout."""
+    sock.settimeout(timeout)
+    sock.sendto(query, (HOST, port))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            return None
+        if reply[:2] == query[:2]:
+            return reply
+        if time.monotonic() > deadline:
+            return None
+
+
+def answered(reply: bytes | None) -> bool:
+    """NOERROR with at least one answer record."""
+    return reply is not None and (reply[3] & 0xF) == 0 and reply[6:8] != b"\x00\x00"
+
+
+def wait_answering(port: int, deadline: float = 15.0, name: str = "ns." + ZONE) -> None:
+    query = make_query(name, "SOA", 0xABCD)
+    end = time.monotonic() + deadline
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < end:
+            if ask(s, port, query, 0.2) is not None:
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"no DNS server answering on port {port}")
+
+
+def wait_all_names(port: int, wanted: Sequence[str], timeout: float = 60.0) -> float:
+    """Wait until every name in ``wanted`` has an A answer; the seconds it took."""
+    start = time.monotonic()
+    pending = list(wanted)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while pending:
+            pending = [n for n in pending if not answered(ask(s, port, make_query(n, "A", 7)))]
+            if not pending:
+                break
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"{len(pending)} names still unanswered, e.g. {pending[:3]}")
+            time.sleep(0.1)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP at the time of asking."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((HOST, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket() as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port for UDP and TCP")
+
+
+def write_config(
+    path: Path, backend: str, endpoints: Sequence[str], limit: int, ttl: int = 10
+) -> Path:
+    """The config every benchmark node shares: one pool with an SRV port, a reverse zone."""
+    path.write_text(
+        f'backend = "{backend}"\n'
+        f"endpoints = {json.dumps(list(endpoints))}\n"
+        f"ttl = {ttl}\n"
+        f'cluster = "bench"\n'
+        f"[pools.{POOL}]\n"
+        f"pattern = '{PATTERN}'\n"
+        f"limit = {limit}\n"
+        f"port = {SRV_PORT}\n"
+        "[dns]\n"
+        f'zone = "{ZONE}"\n'
+        'reverse_zones = ["10.in-addr.arpa."]\n'
+    )
+    return path
+
+
+class Serve:
+    """A real ``idstore serve`` process (``python -m idstore serve``) on a free port."""
+
+    def __init__(self, config: Path, address: str, node_id: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.log_path = workdir / f"serve-{node_id}.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "idstore", "serve", "--config", str(config),
+                 "--node-id", node_id, "--address", address, "--listen", f"{HOST}:{self.port}",
+                 "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=ROOT, start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"idstore serve exited {self.proc.returncode}:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def fake_record(i: int) -> Any:
+    from idstore.backends.base import SlotRecord
+
+    return SlotRecord(node_id=f"fake{i}", nonce=uuid.uuid4().hex, addresses=(address(i),),
+                      ports={"app": SRV_PORT})  # fmt: skip
+
+
+def open_store(backend: str, endpoints: Sequence[str], ttl: float = 30.0) -> Any:
+    """A store client of ``backend`` (its own session), opened."""
+    from idstore import backends
+    from idstore.backends.base import StoreOptions
+
+    store = backends.create(backend, StoreOptions(endpoints=tuple(endpoints), ttl=ttl,
+                                                  cluster="bench"))  # fmt: skip
+    store.open()
+    return store
+
+
+def preclaim(store: Any, slots: Sequence[int]) -> None:
+    """Claim ``slots`` of the pool with fake records under ``store``'s one session."""
+    for slot in slots:
+        store.claim(POOL, slot, fake_record(slot))
+
+
+@contextlib.contextmanager
+def etcd() -> Iterator[tuple[str, ...]]:
+    from tests.harness.etcd_server import EtcdServer
+
+    with EtcdServer() as server:
+        yield server.endpoints
+
+
+@contextlib.contextmanager
+def zookeeper() -> Iterator[tuple[str, ...]]:
+    from tests.harness.zk_server import ZooKeeperServer
+
+    server = ZooKeeperServer()
+    with server:
+        yield server.endpoints
+
+
+def store_server(backend: str) -> contextlib.AbstractContextManager[tuple[str, ...]]:
+    return zookeeper() if backend in ("zookeeper", "zk") else etcd()
 
 
 # --------------------------------------------------------------------------- idstore side
 
 
-def serve(n: int) -> None:
-    """Child process: run the DNS frontend until SIGTERM; print the port when ready."""
+def serve_in_process(n: int) -> None:
+    """Child process (--in-process): the DNS frontend alone, fed without a store."""
     from idstore.config import DnsSettings, PoolSettings
     from idstore.dns import DnsServer, Zone
     from idstore.pattern import Pattern
@@ -55,14 +273,12 @@ def serve(n: int) -> None:
     except ImportError:
         pass
 
-    settings = DnsSettings(
-        listen=(("127.0.0.1", 0),), zone=ZONE, reverse_zones=("10.in-addr.arpa.",)
-    )
-    pool = PoolSettings("worker", Pattern.parse("worker{{.ID}}." + ZONE), max(n, 1), port=2222)
+    settings = DnsSettings(listen=((HOST, 0),), zone=ZONE, reverse_zones=("10.in-addr.arpa.",))
+    pool = PoolSettings(POOL, Pattern.parse(PATTERN), max(n, 1), port=SRV_PORT)
     zone = Zone(settings, [pool])
     zone.update(
         [
-            ("worker", i, Member("worker", i, name, (addr,), f"node{i}"))
+            (POOL, i, Member(POOL, i, name, (addr,), f"node{i}"))
             for i, (name, addr) in enumerate(names(n))
         ]
     )
@@ -80,46 +296,67 @@ def serve(n: int) -> None:
     asyncio.run(main())
 
 
-def start_idstore(n: int) -> tuple[subprocess.Popen[str], int]:
+@contextlib.contextmanager
+def in_process_idstore(n: int) -> Iterator[int]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--names", str(n)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, __file__, "--serve", "--names", str(n)], stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip():
-        proc.kill()
-        raise RuntimeError("idstore DNS server did not start")
-    return proc, int(line)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError("idstore DNS server did not start")
+        port = int(line)
+        wait_answering(port)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def real_idstore(n: int, workdir: Path, backend: str = "etcd") -> Iterator[Serve]:
+    """A real store with N-1 fake claims and a real ``idstore serve`` claiming the N-th."""
+    with store_server(backend) as endpoints:
+        store = open_store(backend, endpoints)
+        try:
+            mine = random.randrange(n)  # the serve process gets whichever slot is left
+            preclaim(store, [s for s in range(n) if s != mine])
+            config = write_config(workdir / "idstore.toml", backend, endpoints, n)
+            node = Serve(config, address(mine), "bench-node", workdir)
+            try:
+                wait_answering(node.port, 30)
+                node.check()
+                wait_all_names(node.port, [name for name, _ in names(n)])
+                yield node
+            finally:
+                node.stop()
+        finally:
+            store.close(release=True)
 
 
 # --------------------------------------------------------------------------- NSD side
 
 
-def free_port() -> int:
-    # A port free for both UDP and TCP at the time of asking.
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-
-
-def start_nsd(n: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    nsd = shutil.which("nsd") or "/usr/sbin/nsd"
-    port = free_port()
+def nsd_zone(n: int, txt: bool) -> list[str]:
     zone = [f"$ORIGIN {ZONE}", "$TTL 5",
             f"@ IN SOA ns.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 5", f"@ IN NS ns.{ZONE}",
             "ns IN A 127.0.0.1"]  # fmt: skip
-    zone += [f"{name} IN A {addr}" for name, addr in names(n)]
-    (workdir / "zone").write_text("\n".join(zone) + "\n")
+    for i, (name, addr) in enumerate(names(n)):
+        zone.append(f"{name} IN A {addr}")
+        if txt:
+            zone.append(f'{name} IN TXT "pool={POOL}" "slot={i}" "node=fake{i}"')
+    return zone
+
+
+@contextlib.contextmanager
+def nsd(n: int, workdir: Path, txt: bool = False) -> Iterator[int]:
+    binary = shutil.which("nsd") or "/usr/sbin/nsd"
+    port = free_port()
+    (workdir / "zone").write_text("\n".join(nsd_zone(n, txt)) + "\n")
     (workdir / "nsd.conf").write_text(f"""server:
-  ip-address: 127.0.0.1@{port}
+  ip-address: {HOST}@{port}
   port: {port}
   server-count: 1
   username: ""
@@ -140,34 +377,36 @@ zone:
   name: {ZONE}
   zonefile: "{workdir}/zone"
 """)
-    proc = subprocess.Popen([nsd, "-d", "-c", str(workdir / "nsd.conf")])
-    wait_answering(port)
-    return proc, port
-
-
-def wait_answering(port: int, deadline: float = 15.0) -> None:
-    query = bytes.fromhex("abcd01000001000000000000") + b"\x02ns\x02tf\x05local\x00\x00\x01\x00\x01"
-    end = time.monotonic() + deadline
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        while time.monotonic() < end:
-            s.sendto(query, ("127.0.0.1", port))
-            try:
-                if s.recv(512)[:2] == b"\xab\xcd":
-                    return
-            except OSError:
-                time.sleep(0.1)
-    raise RuntimeError(f"no DNS server answering on port {port}")
+    proc = subprocess.Popen([binary, "-d", "-c", str(workdir / "nsd.conf")])
+    try:
+        wait_answering(port)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
 
 
 # --------------------------------------------------------------------------- dnsperf
 
 
-def dnsperf(port: int, datafile: Path, seconds: int, clients: int) -> dict[str, float]:
+def query_file(path: Path, n: int, mix: bool) -> Path:
+    """Every name once with A; with ``mix`` also AAAA (NODATA) and TXT for some names."""
+    lines = []
+    for i, (name, _) in enumerate(names(n)):
+        lines.append(f"{name} A\n")
+        if mix and i % 10 == 1:
+            lines.append(f"{name} AAAA\n")
+        if mix and i % 10 == 2:
+            lines.append(f"{name} TXT\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def dnsperf(port: int, datafile: Path, seconds: int, clients: int) -> dict[str, Any]:
     out = subprocess.run(
-        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-c", str(clients),
+        ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(datafile), "-c", str(clients),
          "-l", str(seconds), "-q", "200"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
 
     def grab(pattern: str) -> float:
@@ -184,41 +423,57 @@ def dnsperf(port: int, datafile: Path, seconds: int, clients: int) -> dict[str, 
     }
 
 
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--names", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=1, help="measure both servers R times")
+    ap.add_argument("--mix", action="store_true", help="add AAAA and TXT queries to the A")
+    ap.add_argument("--in-process", action="store_true",
+                    help="DnsServer+Zone fed directly, no store and no idstore serve")  # fmt: skip
     ap.add_argument("--skip-nsd", action="store_true")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.names)
+        serve_in_process(args.names)
         return
+    mode = "in-process" if args.in_process else "idstore serve (etcd)"
     with tempfile.TemporaryDirectory(prefix="dns_qps.") as tmp:
         workdir = Path(tmp)
-        datafile = workdir / "queries.txt"
-        datafile.write_text("".join(f"{name} A\n" for name, _ in names(args.names)))
-        results = {}
-        proc, port = start_idstore(args.names)
-        try:
-            wait_answering(port)
-            results["idstore"] = dnsperf(port, datafile, args.seconds, args.clients)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-        print(json.dumps({"server": "idstore", "names": args.names, **results["idstore"]}))
-        if args.skip_nsd:
-            return
-        nsd, nsd_port = start_nsd(args.names, workdir)
-        try:
-            results["nsd"] = dnsperf(nsd_port, datafile, args.seconds, args.clients)
-        finally:
-            nsd.send_signal(signal.SIGTERM)
-            nsd.wait(10)
-        print(json.dumps({"server": "nsd", "names": args.names, **results["nsd"]}))
-        ratio = results["idstore"]["qps"] / results["nsd"]["qps"]
-        print(json.dumps({"ratio": round(ratio, 3)}))
+        datafile = query_file(workdir / "queries.txt", args.names, args.mix)
+        ours: contextlib.AbstractContextManager[Any]
+        ours = in_process_idstore(args.names) if args.in_process else real_idstore(
+            args.names, workdir)  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            target = stack.enter_context(ours)
+            port = target if isinstance(target, int) else target.port
+            (workdir / "nsd").mkdir()
+            nsd_port = None if args.skip_nsd else stack.enter_context(
+                nsd(args.names, workdir / "nsd", txt=args.mix))  # fmt: skip
+            ratios = []
+            for r in range(max(1, args.rounds)):
+                extra = {"round": r + 1} if args.rounds > 1 else {}
+                res = dnsperf(port, datafile, args.seconds, args.clients)
+                if not isinstance(target, int):
+                    target.check()
+                print(json.dumps({"server": "idstore", "mode": mode, "names": args.names,
+                                  **res, "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
+                if nsd_port is None:
+                    continue
+                base = dnsperf(nsd_port, datafile, args.seconds, args.clients)
+                print(json.dumps({"server": "nsd", "names": args.names, **base,
+                                  "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
+                ratios.append(res["qps"] / base["qps"])
+            if ratios:
+                line: dict[str, Any] = {"ratio": round(statistics.median(ratios), 3)}
+                if len(ratios) > 1:
+                    line["ratios"] = [round(x, 3) for x in ratios]
+                print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
