@@ -38,7 +38,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -226,8 +226,10 @@ class ZooKeeperStore(SlotStore):
             return
 
         def read_socket_stamped(*args: Any, **kwargs: Any) -> Any:
+            result = read_socket(*args, **kwargs)
+            # Only after a packet was read: a closed socket is readable too (EOF).
             self._last_heard = time.monotonic()
-            return read_socket(*args, **kwargs)
+            return result
 
         def connect_measured(*args: Any, **kwargs: Any) -> Any:
             read_timeout, connect_timeout = connect(*args, **kwargs)
@@ -714,7 +716,15 @@ class _PoolWatch:
         self._thread = threading.Thread(target=self._run, name=f"zkwatch-{self.pool}", daemon=True)
 
     def start(self) -> None:
+        """Arm the children watch before returning, so that no change made after
+        ``watch()`` returns can slip by unseen; the listing is then processed and
+        delivered on this watch's thread."""
+        self._prepare_pool()
+        first = self._request_listing()
         self._thread.start()
+        if first is not None:
+            with contextlib.suppress(Exception):  # its callback reports any failure
+                first.get(timeout=self._store.options.request_timeout)
 
     def cancel(self) -> None:
         self._done.set()
@@ -729,13 +739,14 @@ class _PoolWatch:
     def _client(self) -> KazooClient | None:
         return None if self._done.is_set() else self._store._client
 
-    def _request_listing(self) -> None:
+    def _request_listing(self) -> Any:
         client = self._client()
         if client is None:
-            return
+            return None
         self._store._send()
         req = client.get_children_async(self._path, watch=self._on_children, include_data=True)
         req.rawlink(self._on_listing)
+        return req
 
     def _on_children(self, event: WatchedEvent) -> None:
         # NONE: the connection was reset; the store tells every watch when it is back.
@@ -747,13 +758,16 @@ class _PoolWatch:
         if event.type != ZkEventType.NONE and slot is not None:
             self._request_slot(slot)
 
-    def _request_slot(self, slot: int) -> None:
+    def _request_slot(self, slot: int, *, deliver: bool = True) -> Any:
+        """Read a slot, arming its data watch; ``deliver``: queue the result when it
+        comes (otherwise the caller hands the request to the watch thread itself)."""
         client = self._client()
         if client is None:
-            return
+            return None
         self._store._send()
         req = client.get_async(self._store._slot_path(self.pool, slot), watch=self._on_data)
-        req.rawlink(lambda result: self._on_slot(slot, result))
+        req.rawlink(lambda result: self._on_slot(slot, result, deliver))
+        return req
 
     def _on_listing(self, result: Any) -> None:
         try:
@@ -768,9 +782,12 @@ class _PoolWatch:
         with self._tracked_lock:
             new = sorted(slots - self._tracked)
             self._tracked = slots
-        self._results.put(_Result("listing", slots=slots, revision=int(stat.pzxid)))
-        for slot in new:
-            self._request_slot(slot)
+        # The listing travels with the reads of its new slots, so the watch thread
+        # delivers its deletions and creations together, in zxid order.
+        pending = {slot: self._request_slot(slot, deliver=False) for slot in new}
+        self._results.put(
+            _Result("listing", slots=slots, revision=int(stat.pzxid), pending=pending)
+        )
 
     def _await_pool(self) -> None:
         """No pool znode yet: an exists watch fires when it is created."""
@@ -789,31 +806,33 @@ class _PoolWatch:
 
         req.rawlink(exists)
 
-    def _on_slot(self, slot: int, result: Any) -> None:
+    def _on_slot(self, slot: int, result: Any, deliver: bool) -> None:
         try:
-            data, stat = result.get_nowait()
+            item = self._slot_result(slot, result)
         except NoNodeError:
             # Gone before we could read it (a listing reports the delete); a new znode
-            # there must be fetched again.
+            # there must be fetched again. Done here, in the server's order.
             with self._tracked_lock:
                 self._tracked.discard(slot)
             return
         except Exception as e:
-            self._results.put(_Result("error", reason=f"reading {self.pool}/{slot}: {e!r}"))
-            return
+            item = _Result("error", reason=f"reading {self.pool}/{slot}: {e!r}")
+        if deliver and item is not None:
+            self._results.put(item)
+
+    def _slot_result(self, slot: int, result: Any) -> _Result | None:
+        data, stat = result.get(timeout=self._store.options.request_timeout)
         try:
             claim = self._store._claim_of(self.pool, slot, data, stat)
         except StoreError:
             log.warning("ignoring unreadable slot %s/%s: %r", self.pool, slot, data[:80])
-            return
+            return None
         revision = max(int(stat.czxid), int(stat.mzxid))
-        self._results.put(_Result("slot", slot=slot, claim=claim, revision=revision))
+        return _Result("slot", slot=slot, claim=claim, revision=revision)
 
     # -- this watch's thread ---------------------------------------------------------
 
     def _run(self) -> None:
-        self._prepare_pool()
-        self._request_listing()
         while True:
             # Block for one result, then take every queued one: one delivery for a burst.
             batch = [self._results.get()]
@@ -823,11 +842,14 @@ class _PoolWatch:
             for item in batch:
                 if item.kind == "stop":
                     return
+                try:
+                    events.extend(self._apply(item))
+                except Exception as e:  # a read of the listing's slots failed
+                    item = _Result("error", reason=f"reading {self.pool}: {e!r}")
                 if item.kind in ("broken", "error"):
                     self._deliver(events)
                     self._break(item.reason)
                     return
-                events.extend(self._apply(item))
             self._deliver(events)
 
     def _prepare_pool(self) -> None:
@@ -853,7 +875,17 @@ class _PoolWatch:
             ]
             for slot in gone:
                 del self._known[slot]
-            return [SlotEvent(EventType.DELETE, self.pool, s, None, item.revision) for s in gone]
+            events = [SlotEvent(EventType.DELETE, self.pool, s, None, item.revision) for s in gone]
+            for slot, req in item.pending.items():
+                try:
+                    read = self._slot_result(slot, req) if req is not None else None
+                except NoNodeError:
+                    continue  # created and deleted before we could read it
+                if read is not None:
+                    events.extend(self._apply(read))
+            return events
+        if item.kind != "slot":
+            return []
         claim = item.claim
         if claim is None or item.slot is None:
             return []
@@ -899,6 +931,7 @@ class _Result:
     claim: Claim | None = None
     revision: int = 0
     reason: str = ""
+    pending: dict[int, Any] = field(default_factory=dict)  # listing: reads of new slots
 
 
 def _with_revision(event: SlotEvent, revision: int) -> SlotEvent:

@@ -1,0 +1,92 @@
+"""ZooKeeper-specific behaviour the conformance suite cannot express: an outage.
+
+kazoo only learns that its session expired after it reconnects; the backend must report
+LOST by itself before the server could have expired the session and handed the slot to
+someone else, and come back CONNECTED under a new session once the server returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from idstore.backends.base import ConnectionState, SlotRecord
+from idstore.backends.zookeeper import LOST_AFTER, ZooKeeperStore, parse_endpoints
+from tests.harness.zk_server import ZooKeeperServer
+
+TTL = 3.0
+
+
+@pytest.fixture
+def zk() -> Iterator[ZooKeeperServer]:
+    # A private server: this test kills it.
+    with ZooKeeperServer() as server:
+        yield server
+
+
+class StateLog:
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, ConnectionState]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, state: ConnectionState) -> None:
+        with self.lock:
+            self.entries.append((time.monotonic(), state))
+
+    def first(self, state: ConnectionState, after: float = 0.0) -> float | None:
+        with self.lock:
+            return next((t for t, s in self.entries if s is state and t >= after), None)
+
+
+def wait_until(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_outage_is_lost_locally_before_expiry_then_a_new_session(zk: ZooKeeperServer) -> None:
+    store = ZooKeeperStore(zk.env().options(ttl=TTL, connect_timeout=10.0))
+    states = StateLog()
+    store.add_listener(states)
+    store.open()
+    try:
+        old_session = store.session_id
+        store.claim("worker", 0, SlotRecord("n1", "boot1"))
+
+        killed = time.monotonic()
+        zk.kill()
+        wait_until(lambda: states.first(ConnectionState.SUSPENDED, killed), 5.0, "SUSPENDED")
+        wait_until(lambda: states.first(ConnectionState.LOST, killed), 2 * TTL, "local LOST")
+        lost_at = states.first(ConnectionState.LOST, killed)
+        assert lost_at is not None
+        # The server last heard from us at or before the kill, so it cannot expire the
+        # session before killed + TTL: LOST must come earlier, with margin.
+        assert lost_at - killed <= TTL * LOST_AFTER + 0.3, f"LOST after {lost_at - killed:.2f}s"
+
+        zk.start()
+        wait_until(lambda: store.state is ConnectionState.CONNECTED, 20.0, "CONNECTED again")
+        assert store.session_id and store.session_id != old_session
+        # The given-up session was closed, so its slot is free for the new one.
+        wait_until(lambda: 0 not in store.list("worker").claims, 10.0, "old claim gone")
+        again = store.claim("worker", 0, SlotRecord("n1", "boot1"))
+        assert again.session == store.session_id
+    finally:
+        store.close()
+
+
+def test_endpoints_become_a_connect_string_and_chroot() -> None:
+    from idstore.backends.base import StoreOptions
+
+    spec = parse_endpoints(StoreOptions(endpoints=("zk://10.0.0.1:2181", "10.0.0.2:2181/apps")))
+    assert spec.hosts == "10.0.0.1:2181,10.0.0.2:2181"
+    assert spec.root == "/apps"
+    spec = parse_endpoints(
+        StoreOptions(endpoints=("a:1,b:2",), extra={"chroot": "/x/y/"}),
+    )
+    assert (spec.hosts, spec.root) == ("a:1,b:2", "/x/y")
