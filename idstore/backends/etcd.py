@@ -697,8 +697,17 @@ class EtcdStore(SlotStore):
             limit=1,
             min_mod_revision=revision + 1,
         )
+        timeout = self.options.request_timeout
         try:
-            resp = conn.kv.Range(req, timeout=self.options.request_timeout, metadata=conn.metadata)
+            try:
+                resp = conn.kv.Range(req, timeout=timeout, metadata=conn.metadata)
+            except grpc.RpcError as e:
+                if not _token_expired(e):
+                    raise
+                # A quiet watch outlives auth tokens: log in again once, as _rpc does.
+                conn.forget_token()
+                conn.ensure_auth(timeout)
+                resp = conn.kv.Range(req, timeout=timeout, metadata=conn.metadata)
         except grpc.RpcError as e:
             raise translate(e, "watch check", conn.endpoint.url) from e
         return len(resp.kvs) > 0
