@@ -323,8 +323,10 @@ class EtcdStore(SlotStore):
         reauthed = False
         while True:
             conn = self._current()
+            step = f"authentication as user {self.options.username!r}"
             try:
                 conn.ensure_auth(timeout)
+                step = what
                 if count:
                     self._count()
                 return call(conn, timeout)
@@ -333,7 +335,7 @@ class EtcdStore(SlotStore):
                     conn.forget_token()  # simple tokens expire; fetch a new one once
                     reauthed = True
                     continue
-                err = translate(e, what, conn.endpoint.url)
+                err = translate(e, step, conn.endpoint.url)
                 if isinstance(err, StoreUnavailable):
                     self._failover(conn)
                     attempts -= 1
