@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from idstore.config import MAX_UDP, DnsSettings, PoolSettings
 from idstore.dns import wire
 from idstore.dns.ratelimit import ALLOW, DROP, RateLimiter
-from idstore.dns.stats import DnsStats
+from idstore.dns.stats import DnsStats, cached_code
 from idstore.dns.wire import (
     AA,
     AAAA,
@@ -85,7 +85,7 @@ _A = wire.A
 
 RR = tuple[bytes, int, int, list[bytes | tuple[bytes, bool]]]  # owner, type, ttl, rdata
 Variant = tuple[int, int, int, int, int, bytes]  # body length, TC, an, ns, ar, body
-_Reply = tuple[bytes, tuple[str, int], int]  # reply after the ID, stats key, rcode
+_Reply = tuple[bytes, int]  # reply after the ID, stats.cached_code(qtype, rcode)
 _Revs = tuple[tuple[bytes, bytes], ...]  # (reverse name, its reverse zone) per address
 
 
@@ -348,9 +348,8 @@ class Zone:
         if proto == "udp":
             hit = self._replies.get(query[2:])
             if hit is not None:
-                stats = self.stats
-                stats.requests[hit[1]] = stats.requests.get(hit[1], 0) + 1
-                stats.responses[hit[2]] = stats.responses.get(hit[2], 0) + 1
+                cached = self.stats.cached
+                cached[hit[1]] = cached.get(hit[1], 0) + 1
                 return query[:2] + hit[0]
         try:
             return self._resolve(query, proto, client)
@@ -411,8 +410,15 @@ class Zone:
         if proto == "udp" and self._replies_ok():
             if len(replies) >= _MAX_REPLIES:
                 replies.clear()  # a flood of distinct queries (random case, cookies)
-            replies[data[2:]] = (reply[2:], key, rcode)
+            replies[data[2:]] = (reply[2:], cached_code(q.qtype, rcode))
         return reply
+
+    @property
+    def replies(self) -> dict[bytes, _Reply]:
+        """The whole-reply cache of UDP answers right now: query bytes after the ID ->
+        (reply after the ID, ``stats.cached`` key). For the server's batch path, which
+        must count every replay in ``stats.cached``; never mutate it."""
+        return self._replies
 
     def _replies_ok(self) -> bool:
         """Is a reply a pure function of the query bytes and the view right now?"""
