@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -174,6 +174,17 @@ def write_config(
     return path
 
 
+class Target(NamedTuple):
+    port: int
+    pid: int  # the server process, for its CPU time
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Serve:
     """A real ``idstore serve`` process (``python -m idstore serve``) on a free port."""
 
@@ -259,10 +270,14 @@ def store_server(backend: str) -> contextlib.AbstractContextManager[tuple[str, .
 # --------------------------------------------------------------------------- idstore side
 
 
-def serve_in_process(n: int) -> None:
-    """Child process (--in-process): the DNS frontend alone, fed without a store."""
+def serve_in_process(n: int, duration_every: int | None = None) -> None:
+    """Child process (--in-process): the DNS frontend alone, fed without a store.
+
+    ``duration_every``: time one answer in this many for the request-duration histogram
+    (0 = never); None keeps the default."""
     from idstore.config import DnsSettings, PoolSettings
     from idstore.dns import DnsServer, Zone
+    from idstore.dns.stats import DurationHistogram
     from idstore.pattern import Pattern
     from idstore.view import Member
 
@@ -283,6 +298,8 @@ def serve_in_process(n: int) -> None:
         ]
     )
     zone.set_identity(f"worker0.{ZONE}")
+    if duration_every is not None:
+        zone.stats.durations = DurationHistogram(every=duration_every or 1 << 62)
 
     async def main() -> None:
         server = DnsServer(zone, settings)
@@ -297,9 +314,10 @@ def serve_in_process(n: int) -> None:
 
 
 @contextlib.contextmanager
-def in_process_idstore(n: int) -> Iterator[int]:
+def in_process_idstore(n: int, duration_every: int | None = None) -> Iterator[Target]:
+    extra = [] if duration_every is None else ["--duration-every", str(duration_every)]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--names", str(n)], stdout=subprocess.PIPE,
+        [sys.executable, __file__, "--serve", "--names", str(n), *extra], stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     try:
@@ -309,7 +327,7 @@ def in_process_idstore(n: int) -> Iterator[int]:
             raise RuntimeError("idstore DNS server did not start")
         port = int(line)
         wait_answering(port)
-        yield port
+        yield Target(port, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -351,7 +369,7 @@ def nsd_zone(n: int, txt: bool) -> list[str]:
 
 
 @contextlib.contextmanager
-def nsd(n: int, workdir: Path, txt: bool = False) -> Iterator[int]:
+def nsd(n: int, workdir: Path, txt: bool = False) -> Iterator[Target]:
     binary = shutil.which("nsd") or "/usr/sbin/nsd"
     port = free_port()
     (workdir / "zone").write_text("\n".join(nsd_zone(n, txt)) + "\n")
@@ -380,7 +398,7 @@ zone:
     proc = subprocess.Popen([binary, "-d", "-c", str(workdir / "nsd.conf")])
     try:
         wait_answering(port)
-        yield port
+        yield Target(port, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -402,7 +420,12 @@ def query_file(path: Path, n: int, mix: bool) -> Path:
     return path
 
 
-def dnsperf(port: int, datafile: Path, seconds: int, clients: int) -> dict[str, Any]:
+def dnsperf(
+    port: int, datafile: Path, seconds: int, clients: int, pid: int | None = None
+) -> dict[str, Any]:
+    """dnsperf's figures; with ``pid`` also the server's CPU time per answered query,
+    which a busy machine disturbs far less than the QPS."""
+    cpu = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(datafile), "-c", str(clients),
          "-l", str(seconds), "-q", "200"],
@@ -415,12 +438,16 @@ def dnsperf(port: int, datafile: Path, seconds: int, clients: int) -> dict[str, 
             raise RuntimeError(f"unexpected dnsperf output:\n{out}")
         return float(m.group(1))
 
-    return {
+    result = {
         "qps": round(grab(r"Queries per second:\s+([\d.]+)"), 1),
         "avg_latency_ms": round(grab(r"Average Latency \(s\):\s+([\d.]+)") * 1000, 3),
         "lost": int(grab(r"Queries lost:\s+(\d+)")),
         "queries": int(grab(r"Queries sent:\s+(\d+)")),
     }
+    if pid:
+        done = max(1, result["queries"] - result["lost"])
+        result["cpu_us_per_query"] = round((cpu_seconds(pid) - cpu) / done * 1e6, 3)
+    return result
 
 
 def loadavg() -> float:
@@ -437,35 +464,45 @@ def main() -> None:
     ap.add_argument("--in-process", action="store_true",
                     help="DnsServer+Zone fed directly, no store and no idstore serve")  # fmt: skip
     ap.add_argument("--skip-nsd", action="store_true")
+    ap.add_argument(
+        "--duration-every",
+        type=int,
+        default=None,
+        help="--in-process: time 1 answer in N for the histogram (0 = off)",
+    )
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve_in_process(args.names)
+        serve_in_process(args.names, args.duration_every)
         return
     mode = "in-process" if args.in_process else "idstore serve (etcd)"
     with tempfile.TemporaryDirectory(prefix="dns_qps.") as tmp:
         workdir = Path(tmp)
         datafile = query_file(workdir / "queries.txt", args.names, args.mix)
         ours: contextlib.AbstractContextManager[Any]
-        ours = in_process_idstore(args.names) if args.in_process else real_idstore(
-            args.names, workdir)  # fmt: skip
+        if args.in_process:
+            ours = in_process_idstore(args.names, args.duration_every)
+        else:
+            ours = real_idstore(args.names, workdir)
         with contextlib.ExitStack() as stack:
             target = stack.enter_context(ours)
-            port = target if isinstance(target, int) else target.port
             (workdir / "nsd").mkdir()
-            nsd_port = None if args.skip_nsd else stack.enter_context(
-                nsd(args.names, workdir / "nsd", txt=args.mix))  # fmt: skip
+            base_target: Target | None = None
+            if not args.skip_nsd:
+                base_target = stack.enter_context(nsd(args.names, workdir / "nsd", txt=args.mix))
             ratios = []
+            assert isinstance(target, (Target, Serve))
             for r in range(max(1, args.rounds)):
                 extra = {"round": r + 1} if args.rounds > 1 else {}
-                res = dnsperf(port, datafile, args.seconds, args.clients)
-                if not isinstance(target, int):
+                res = dnsperf(target.port, datafile, args.seconds, args.clients, target.pid)
+                if isinstance(target, Serve):
                     target.check()
                 print(json.dumps({"server": "idstore", "mode": mode, "names": args.names,
                                   **res, "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
-                if nsd_port is None:
+                if base_target is None:
                     continue
-                base = dnsperf(nsd_port, datafile, args.seconds, args.clients)
+                base = dnsperf(base_target.port, datafile, args.seconds, args.clients,
+                               base_target.pid)  # fmt: skip
                 print(json.dumps({"server": "nsd", "names": args.names, **base,
                                   "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
                 ratios.append(res["qps"] / base["qps"])
