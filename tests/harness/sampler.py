@@ -149,6 +149,7 @@ class Sampler:
         self.samples = 0
         self.violations: list[str] = []
         self.isolated_conflicts: list[str] = []
+        self.isolated_conflict_times: list[tuple[str, float]] = []  # (probe, sample start)
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -208,6 +209,7 @@ class Sampler:
                 a = answers.get(k)
                 theirs = set(a.addrs.get(name, ())) if a else set()
                 if seen and theirs and not theirs <= set(seen):
+                    self.isolated_conflict_times.append((k, t))
                     self.isolated_conflicts.append(
                         f"{at} {k} (isolated) answers {name} -> {sorted(theirs)}, "
                         f"the cluster -> {sorted(seen)}"
