@@ -3,6 +3,11 @@
 Every member listens on free loopback ports only and keeps its data in a temporary
 directory that is removed on exit. A member that does not come up raises RuntimeError
 with the tail of its own log: a test run with a broken etcd fails loudly, never skips.
+
+Security options for the security tests: ``tls=EtcdTls(...)`` serves clients over
+https and (by default) requires client certificates; ``extra_args`` are appended to
+every member's command line (e.g. ``--auth-token-ttl=2``); ``admin`` ("user:password")
+is what the harness's own etcdctl calls authenticate as once auth is enabled.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from idstore.backends.base import SlotStore
@@ -38,9 +45,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 10.0) -> str:
-    """Run etcdctl (API v3) against ``endpoints``; RuntimeError with its output on failure."""
-    cmd = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--command-timeout=5s", *args]
+@dataclass(frozen=True)
+class EtcdTls:
+    """Server certificate of every member, the CA clients must be signed by, and a
+    client certificate the harness itself uses (health checks, etcdctl)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    client_cert_auth: bool = True  # refuse clients without a certificate signed by ``ca``
+
+    def server_args(self) -> list[str]:
+        args = [
+            f"--cert-file={self.server_cert}",
+            f"--key-file={self.server_key}",
+            f"--trusted-ca-file={self.ca}",
+        ]
+        return [*args, "--client-cert-auth"] if self.client_cert_auth else args
+
+    def client_args(self) -> list[str]:
+        return [f"--cacert={self.ca}", f"--cert={self.client_cert}", f"--key={self.client_key}"]
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def etcdctl(
+    endpoints: Sequence[str],
+    *args: str,
+    timeout: float = 10.0,
+    tls: EtcdTls | None = None,
+    user: str | None = None,
+) -> str:
+    """Run etcdctl (API v3) against ``endpoints``; RuntimeError with its output on failure.
+
+    ``tls`` adds the harness's client certificate, ``user`` ("name:password") logs in.
+    """
+    cmd = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--command-timeout=5s"]
+    cmd += tls.client_args() if tls is not None else []
+    cmd += [f"--user={user}"] if user else []
+    cmd += args
     env = {**os.environ, "ETCDCTL_API": "3"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
@@ -51,8 +99,16 @@ def etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 10.0) -> str:
 class EtcdMember:
     """One etcd process: fixed name, ports and data dir, so it can be restarted as itself."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        tls: EtcdTls | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
+        self.tls = tls
+        self.extra_args = tuple(extra_args)
         self.client_port = free_port()
         self.peer_port = free_port()
         self.data_dir = workdir / f"{name}.etcd"
@@ -61,7 +117,8 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -85,6 +142,8 @@ class EtcdMember:
             "--initial-cluster-state=new",  # ignored by etcd once the data dir exists
             "--logger=zap",
             "--log-outputs=stderr",
+            *(self.tls.server_args() if self.tls is not None else ()),
+            *self.extra_args,
         ]
 
     def spawn(self, initial_cluster: str, token: str) -> None:
@@ -106,8 +165,11 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         """Whether the member serves and has a leader (its /health endpoint)."""
+        ctx = self.tls.client_context() if self.tls is not None else None
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as resp:
+            with urllib.request.urlopen(
+                f"{self.client_url}/health", timeout=1.0, context=ctx
+            ) as resp:
                 return bool(json.load(resp).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -137,13 +199,21 @@ class EtcdCluster:
     ``kill(i)`` / ``stop(i)`` / ``start(i)`` act on member ``i``; without ``i`` on all.
     """
 
-    def __init__(self, size: int = 3, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        start_timeout: float = START_TIMEOUT,
+        tls: EtcdTls | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         self.start_timeout = start_timeout
+        self.tls = tls
+        self.admin: str | None = None  # "user:password" for etcdctl once auth is enabled
         self.token = f"idstore-test-{uuid.uuid4().hex[:8]}"
         self.workdir = Path(tempfile.mkdtemp(prefix="idstore-etcd-"))
-        self.members = [EtcdMember(f"m{i}", self.workdir) for i in range(size)]
+        self.members = [EtcdMember(f"m{i}", self.workdir, tls, extra_args) for i in range(size)]
         self._started_once = False
 
     # -- addresses -----------------------------------------------------------------------
@@ -157,6 +227,11 @@ class EtcdCluster:
 
     def env(self, **option_overrides: object) -> EtcdEnv:
         return EtcdEnv(self, **option_overrides)
+
+    def ctl(self, *args: str, user: str | None = None, timeout: float = 10.0) -> str:
+        """etcdctl against the running members, with the harness's TLS and ``admin``."""
+        running = [m.client_url for m in self.members if m.running()]
+        return etcdctl(running, *args, timeout=timeout, tls=self.tls, user=user or self.admin)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -194,7 +269,7 @@ class EtcdCluster:
     def leader(self) -> int:
         """Index of the current leader among the running members."""
         running = [m for m in self.members if m.running()]
-        out = etcdctl([m.client_url for m in running], "endpoint", "status", "-w", "json")
+        out = self.ctl("endpoint", "status", "-w", "json")
         for status in json.loads(out):
             header = status["Status"]["header"]
             if header["member_id"] == status["Status"]["leader"]:
@@ -256,8 +331,13 @@ class EtcdCluster:
 class EtcdServer(EtcdCluster):
     """A single etcd member on free loopback ports, with a temporary data dir."""
 
-    def __init__(self, start_timeout: float = START_TIMEOUT) -> None:
-        super().__init__(size=1, start_timeout=start_timeout)
+    def __init__(
+        self,
+        start_timeout: float = START_TIMEOUT,
+        tls: EtcdTls | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(size=1, start_timeout=start_timeout, tls=tls, extra_args=extra_args)
 
     @property
     def member(self) -> EtcdMember:
@@ -282,5 +362,4 @@ class EtcdEnv(BackendEnv):
         lease = store.session_id
         if not lease:
             raise AssertionError("the store has no session to expire")
-        running = [m.client_url for m in self.cluster.members if m.running()]
-        etcdctl(running, "lease", "revoke", lease)
+        self.cluster.ctl("lease", "revoke", lease)
