@@ -155,14 +155,19 @@ def free_port() -> int:
 
 
 def write_config(
-    path: Path, backend: str, endpoints: Sequence[str], limit: int, ttl: int = 10
+    path: Path,
+    backend: str,
+    endpoints: Sequence[str],
+    limit: int,
+    ttl: int = 10,
+    cluster: str = "bench",
 ) -> Path:
     """The config every benchmark node shares: one pool with an SRV port, a reverse zone."""
     path.write_text(
         f'backend = "{backend}"\n'
         f"endpoints = {json.dumps(list(endpoints))}\n"
         f"ttl = {ttl}\n"
-        f'cluster = "bench"\n'
+        f'cluster = "{cluster}"\n'
         f"[pools.{POOL}]\n"
         f"pattern = '{PATTERN}'\n"
         f"limit = {limit}\n"
@@ -229,13 +234,15 @@ def fake_record(i: int) -> Any:
                       ports={"app": SRV_PORT})  # fmt: skip
 
 
-def open_store(backend: str, endpoints: Sequence[str], ttl: float = 30.0) -> Any:
+def open_store(
+    backend: str, endpoints: Sequence[str], ttl: float = 30.0, cluster: str = "bench"
+) -> Any:
     """A store client of ``backend`` (its own session), opened."""
     from idstore import backends
     from idstore.backends.base import StoreOptions
 
-    store = backends.create(backend, StoreOptions(endpoints=tuple(endpoints), ttl=ttl,
-                                                  cluster="bench"))  # fmt: skip
+    opts = StoreOptions(endpoints=tuple(endpoints), ttl=ttl, cluster=cluster)
+    store = backends.create(backend, opts)
     store.open()
     return store
 
