@@ -107,6 +107,7 @@ ENV_VARS = {
     "cluster": "IDSTORE_CLUSTER",
     "log_level": "IDSTORE_LOG_LEVEL",
     "log_format": "IDSTORE_LOG_FORMAT",
+    "log_queries": "IDSTORE_LOG_QUERIES",
 }
 _LIST_OVERRIDES = {"endpoints", "address", "listen"}
 
@@ -201,6 +202,10 @@ def _apply_overrides(raw: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, 
         raw["addresses"] = flat["address"]
     if "listen" in flat:
         raw.setdefault("dns", {})["listen"] = flat["listen"]
+    if "log_queries" in flat:
+        value = flat["log_queries"]
+        on = value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+        raw.setdefault("dns", {})["log_queries"] = on
     if "pattern" in flat or "limit" in flat:
         pools = raw.setdefault("pools", {})
         if not isinstance(pools, dict):

@@ -14,18 +14,35 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from idstore import addresses as addrs
-from idstore import backends
+from idstore import backends, logs
 from idstore.allocator import Allocator, Status
 from idstore.backends.base import Claim, ConnectionState, SlotRecord, SlotStore
-from idstore.config import Settings
+from idstore.config import DnsSettings, PoolSettings, Settings
+from idstore.dns.forward import Forwarder
 from idstore.dns.server import DnsServer
-from idstore.dns.zone import Zone
+from idstore.dns.zone import ForwardRequest, Zone
 from idstore.errors import ConfigError, IdstoreError, StoreUnavailable
+from idstore.http import OpsServer
+from idstore.metrics import Counters, Histogram
 from idstore.mirror import PoolMirror
+from idstore.systemd import Notifier
 from idstore.view import ClusterView
+
+# What SIGHUP can change without giving up the slot; everything else needs a restart.
+RELOADABLE_DNS = (
+    "ttl",
+    "negative_ttl",
+    "stale_ttl",
+    "max_stale",
+    "forward",
+    "forward_timeout",
+    "log_queries",
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +58,35 @@ def resolve_addresses(settings: Settings) -> tuple[str, ...]:
     return found
 
 
+class TimedZone(Zone):
+    """The zone, with the time to build each answer recorded for /metrics.
+
+    A subclass rather than a change to Zone: the histogram is an operations concern, and
+    the DNS server picks ``resolve`` up from whatever zone it is given.
+    """
+
+    def __init__(
+        self, dns: DnsSettings, pools: Sequence[PoolSettings], durations: Histogram
+    ) -> None:
+        super().__init__(dns, pools)
+        self.durations = durations
+
+    def resolve(
+        self, query: bytes, proto: str, client: tuple[object, ...]
+    ) -> bytes | ForwardRequest | None:
+        start = time.perf_counter()
+        try:
+            return super().resolve(query, proto, client)
+        finally:
+            self.durations.observe(time.perf_counter() - start)
+
+
 class Node:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, reload_source: Callable[[], Settings] | None = None
+    ) -> None:
         self.settings = settings
+        self.reload_source = reload_source
         self.pool = settings.pool_settings()
         self.addresses = resolve_addresses(settings)
         ports = {"app": self.pool.port} if self.pool.port else {}
@@ -55,7 +98,12 @@ class Node:
         )
         self.store: SlotStore = backends.create(settings.backend, settings.store)
         self.view = ClusterView(settings.pools)
-        self.zone = Zone(settings.dns, settings.pools)
+        self.dns_durations = Histogram()
+        self.counters = Counters()
+        self.notifier = Notifier()
+        self.started_at = time.time()
+        self.http: OpsServer | None = None
+        self.zone = TimedZone(settings.dns, settings.pools, self.dns_durations)
         self.mirror = PoolMirror(self.store, [p.name for p in settings.pools])
         self.allocator = Allocator(self.store, self.pool, self.record)
         self.dns = DnsServer(self.zone, settings.dns)
@@ -71,9 +119,26 @@ class Node:
         self.mirror.add_stale_listener(self.zone.set_stale)
         self.view.subscribe(self.zone.update)
         self.allocator.add_listener(self._on_hold)
+        self.store.add_listener(self._on_store_state)
 
     def _on_hold(self, status: Status, claim: Claim | None) -> None:
-        self.zone.set_identity(self.pool.name_of(claim.slot) if claim else None)
+        name = self.pool.name_of(claim.slot) if claim else None
+        self.zone.set_identity(name)
+        if claim is not None:
+            # DNS is bound before the store is even contacted, so a claim means both.
+            self.notifier.ready(f"holding {name} (slot {claim.slot} of pool {self.pool.name})")
+        elif status is Status.WAITING:
+            self.notifier.status(f"waiting: pool {self.pool.name} is full")
+        elif status in (Status.LOST, Status.DUPLICATE):
+            self.notifier.status(f"{status.value}: no slot held")
+
+    def _on_store_state(self, state: ConnectionState) -> None:
+        self.counters.inc("store_state_changes", {"state": state.value})
+        if state is not ConnectionState.CONNECTED:
+            self.notifier.status(f"store {state.value}")
+        elif self.allocator.claim is not None:
+            name = self.pool.name_of(self.allocator.claim.slot)
+            self.notifier.status(f"holding {name} (slot {self.allocator.claim.slot})")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -81,6 +146,8 @@ class Node:
         await self.dns.start()
         log.info("DNS for zone %s on %s", self.settings.dns.zone, _fmt_listen(self.dns.bound))
         try:
+            self._start_http()
+            self.notifier.status("connecting to the store")
             if not await self._connect():
                 return
             self.mirror.start()
@@ -88,6 +155,11 @@ class Node:
             await self._stop.wait()
         finally:
             await self.shutdown()
+
+    def _start_http(self) -> None:
+        if self.settings.http is not None:
+            self.http = OpsServer(self, *self.settings.http)
+            self.http.start()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -108,9 +180,12 @@ class Node:
         return False
 
     async def shutdown(self) -> None:
+        self.notifier.stopping()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._shutdown_store)
         await self.dns.stop()
+        if self.http is not None:
+            self.http.stop()
 
     def _shutdown_store(self) -> None:
         held = self.allocator.claim
@@ -139,12 +214,103 @@ class Node:
             "backend": self.store.name,
         }
 
+    def status_with_cluster(self) -> dict[str, Any]:
+        """status() plus every claimed name of every pool, for /status."""
+        cluster = {
+            p.name: [
+                {
+                    "pool": m.pool,
+                    "slot": m.slot,
+                    "name": m.name,
+                    "addresses": list(m.addresses),
+                    "node_id": m.node_id,
+                }
+                for _, m in sorted(self.view.members(p.name).items())
+            ]
+            for p in self.settings.pools
+        }
+        return {**self.status(), "cluster": cluster}
+
     def ready(self) -> tuple[bool, str]:
         if self.allocator.claim is None:
             return False, f"no slot held ({self.allocator.status.value})"
         if self.store.state is not ConnectionState.CONNECTED:
             return False, f"store {self.store.state.value}"
         return True, "ok"
+
+    # -- SIGHUP ----------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Re-read the configuration and apply what can change while the slot is held."""
+        if self.reload_source is None:
+            log.warning("SIGHUP: nothing to reload from")
+            return
+        self.notifier.reloading()
+        try:
+            new = self.reload_source()
+        except IdstoreError as e:  # a broken file must not cost the running node
+            log.error("SIGHUP: configuration not reloaded: %s", e)
+        else:
+            changed, ignored = self.reload(new)
+            if ignored:
+                log.warning("SIGHUP: changed but needs a restart: %s", ", ".join(ignored))
+            if changed:
+                log.info("SIGHUP: reloaded %s", "; ".join(changed))
+            else:
+                log.info("SIGHUP: nothing to reload (log level, DNS TTLs, forwarders unchanged)")
+        self.notifier.reloaded()
+
+    def reload(self, new: Settings) -> tuple[list[str], list[str]]:
+        """Apply ``new``'s reloadable settings; return (what changed, what was ignored)."""
+        old = self.settings
+        changed = [
+            f"{key} {getattr(old, key)} -> {getattr(new, key)}"
+            for key in ("log_level", "log_format")
+            if getattr(old, key) != getattr(new, key)
+        ]
+        if changed:
+            logs.setup(new.log_level, new.log_format)
+        dns = replace(old.dns, **{k: getattr(new.dns, k) for k in RELOADABLE_DNS})
+        changed += [
+            f"dns.{k} {_show(getattr(old.dns, k))} -> {_show(getattr(dns, k))}"
+            for k in RELOADABLE_DNS
+            if getattr(old.dns, k) != getattr(dns, k)
+        ]
+        if dns != old.dns:
+            self._apply_dns(dns)
+        self.settings = replace(old, log_level=new.log_level, log_format=new.log_format, dns=dns)
+        return changed, _needs_restart(self.settings, new)
+
+    def _apply_dns(self, dns: DnsSettings) -> None:
+        reconfigure = getattr(self.zone, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(dns)
+        else:
+            # Zone has no reconfigure method yet: swap its settings and let set_stale()
+            # recompute the answer TTLs and drop cached answers. Re-read the mirror's
+            # state afterwards so a concurrent stale/fresh change is never overwritten.
+            self.zone.dns = dns
+            self.zone.forwarding = bool(dns.forward)
+            while True:
+                since = self.mirror.stale_since
+                self.zone.set_stale(since)
+                if self.mirror.stale_since == since:
+                    break
+        self.dns.forwarder = Forwarder.from_settings(dns.forward, dns.forward_timeout, dns.listen)
+
+
+def _needs_restart(running: Settings, new: Settings) -> list[str]:
+    out = [
+        key
+        for key in ("backend", "store", "pools", "pool", "node_id", "addresses", "http")
+        if getattr(running, key) != getattr(new, key)
+    ]
+    out += [f"dns.{k}" for k, v in vars(new.dns).items() if getattr(running.dns, k) != v]
+    return out
+
+
+def _show(value: object) -> str:
+    return ",".join(value) or "none" if isinstance(value, tuple) else str(value)
 
 
 def _fmt_listen(bound: list[tuple[str, int]]) -> str:
