@@ -65,7 +65,9 @@ T = TypeVar("T")
 MIN_TTL = 2.0  # etcd's own lease floor with default election settings (1.5 s, rounded up)
 DEFAULT_PORT = 2379
 _BACKOFF_FIRST = 0.2  # re-grant after LOST: first pause, doubled up to _BACKOFF_MAX
-_BACKOFF_MAX = 5.0
+# Kept short: until a LOST node has a new session it serves a stale view, which after a
+# partition heals can still name it as the owner of a slot another node now holds.
+_BACKOFF_MAX = 1.0
 _MIN_REQUEST_TIMEOUT = 0.05  # a renewal sent with less time than this cannot succeed
 # gRPC's default reconnect backoff grows to 120 s: after a long store outage the channel
 # would sit idle for minutes after etcd is back. Keep reconnect attempts frequent.
@@ -404,6 +406,8 @@ class EtcdStore(SlotStore):
             lease, self._lease_id = self._lease_id, None
         if release and lease is not None:
             self._revoke(lease)
+        if release:
+            self._revoke_stale()
         self._close_conn()
         self._set_state(ConnectionState.LOST)
 
@@ -532,15 +536,18 @@ class EtcdStore(SlotStore):
                 self._stop.wait(pause)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
-            self._revoke_stale()
+            # The presumed-lost lease is NOT revoked here: a restarted etcd extends every
+            # lease, so its claims may still be valid, and revoking would make our name
+            # vanish until we claim again. The allocator re-takes our own claims under the
+            # new lease (fenced on their version); the old lease then holds nothing and
+            # expires by itself, or is revoked on a clean close.
             with self._lease_lock:
                 self._lease_id, self._deadline = lease_id, sent + ttl
             self._set_state(ConnectionState.CONNECTED)
             return
 
     def _revoke_stale(self) -> None:
-        """Revoke leases presumed lost: if the server still has one (we only lost touch),
-        its claims would linger until its TTL and block our own claim again."""
+        """Revoke leases presumed lost (on a clean close: nothing of ours may linger)."""
         with self._lease_lock:
             stale, self._stale_leases = self._stale_leases, []
         for lease in stale:

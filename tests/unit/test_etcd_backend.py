@@ -207,9 +207,16 @@ def test_etcd_down_suspends_then_loses_then_recovers_with_new_session() -> None:
             wait_for(lambda: store.state is ConnectionState.CONNECTED, 10.0, "CONNECTED")
             back_after = time.monotonic() - restarted
             assert store.session_id not in ("", first)
-            # The presumed-lost lease was revoked, so our old claim is gone at once.
-            assert 0 not in store.list(POOL).claims
-            store.claim(POOL, 0, rec("me"))
+            # The presumed-lost lease is not revoked (a restarted etcd extends leases, and
+            # revoking would make the name vanish): the old claim may still be there, and
+            # this node takes it back under its new session, fenced on its version.
+            old = store.list(POOL).claims.get(0)
+            if old is None:
+                store.claim(POOL, 0, rec("me"))
+            else:
+                assert old.session == first
+                assert store.reclaim(old, rec("me")).session == store.session_id
+            assert store.list(POOL).claims[0].session == store.session_id
             print(f"\nLOST {lost_after:.2f}s after kill (TTL {ttl}); CONNECTED {back_after:.2f}s")
             print("states:", [(round(t - killed, 2), s.value) for t, s in states])
         finally:
