@@ -527,18 +527,36 @@ class Zone:
         return answers, additional
 
     def _srv(self, qname: bytes, pool: str, answers: list[RR], additional: list[RR]) -> None:
+        """Every member with a port, lowest slot first, targets' addresses as additional.
+
+        A pool of thousands does not fit one message (about 1,700 SRV records fit TCP's
+        64 KB): records are built only until a lower bound of their wire size passes
+        what any answer can carry, so ``_positive`` still sees the overflow and sets TC,
+        and a 10,000-member pool costs the records that fit, not 10,000 (the build runs
+        on the event loop after every change of the pool)."""
         settings = self.pools[pool]
         members = self._pool_members.get(pool, {})
+        slots = self._slots
+        size = 0  # lower bound of the answers' wire size: owner compressed to a pointer
+        extra = 0  # the same for the additional records
         for slot in sorted(members):
             m = members[slot]
             port = m.ports.get(settings.service, settings.port)
             if port is None:
                 continue
-            target = name_to_wire(m.name)
+            known = slots.get((pool, slot))
+            target = known[0] if known is not None else name_to_wire(m.name)
             fixed = struct.pack(">HHH", 0, 1, port)
             # RFC 2782: the target is never compressed.
             answers.append((qname, SRV, self._ttl, [fixed, (target, False)]))
-            additional += _address_records(target, m, self._ttl, ANY)
+            size += 18 + len(target)
+            if size > _BODY_CAP:
+                additional.clear()  # answers overflow: _positive sends no additional
+                return
+            if size + extra <= _BODY_CAP:
+                records = _address_records(target, m, self._ttl, ANY)
+                additional += records
+                extra += 16 * len(records)
 
     # ------------------------------------------------------------------ error replies
 
