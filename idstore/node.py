@@ -103,6 +103,7 @@ class Node:
         self.notifier = Notifier()
         self.started_at = time.time()
         self.http: OpsServer | None = None
+        self._mirroring = False
         self.zone = TimedZone(settings.dns, settings.pools, self.dns_durations)
         self.mirror = PoolMirror(self.store, [p.name for p in settings.pools])
         self.allocator = Allocator(self.store, self.pool, self.record)
@@ -151,6 +152,7 @@ class Node:
             if not await self._connect():
                 return
             self.mirror.start()
+            self._mirroring = True
             self.allocator.start()
             await self._stop.wait()
         finally:
@@ -193,6 +195,10 @@ class Node:
             self.allocator.stop(release=True)
         if held is not None:
             log.info("released %s", self.pool.name_of(held.slot))
+        if not self._mirroring:
+            # Stopped before the store answered (or a port was taken): nothing to release,
+            # and the mirror's thread never started, so it cannot be joined.
+            return
         self.mirror.stop()
         try:
             self.store.close(release=True)
