@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from idstore.config import MAX_UDP
 from idstore.dns import Zone
 from idstore.dns import wire as w
+from tests.faults.conftest import report
 from tests.harness.dnsfuzz import CORPUS, DROPPED, ID, header, question
 from tests.harness.nodes import HOST, NodeProcess
 from tests.unit.test_dns_zone import make_zone
@@ -345,10 +346,12 @@ def test_fuzz_whole_request_path(caplog: pytest.LogCaptureFixture) -> None:
     start = time.monotonic()
     run_batches(checker)
     elapsed = time.monotonic() - start
-    print(
-        f"\nfuzzed {checker.inputs} inputs in {elapsed:.1f} s: {checker.replies} replies, "
+    report(
+        "dns",
+        "7 fuzzing",
+        f"Zone.answer: {checker.inputs} inputs in {elapsed:.1f} s, {checker.replies} replies, "
         f"{checker.drops} drops; by strategy {dict(checker.by_strategy)}; "
-        f"rcodes {dict(checker.rcodes)}"
+        f"rcodes {dict(checker.rcodes)}",
     )
     assert checker.inputs >= TARGET_INPUTS
     internal = [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
@@ -556,7 +559,7 @@ def test_burst_of_fuzzed_packets_over_udp(server: NodeProcess) -> None:
                 assert data[:2] in ids, "a reply with an ID nobody sent"
                 dns.message.from_wire(data)
         assert_good(udp_exchange(sock, good_query()[1], None))
-    print(f"\nUDP burst: {sent} fuzzed packets sent, {replies} replies")
+    report("dns", "7 fuzzing", f"running server, UDP: {sent} fuzzed packets, {replies} replies")
     assert replies > 0
 
 

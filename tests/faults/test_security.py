@@ -39,6 +39,7 @@ import pytest
 from idstore import backends
 from idstore.backends.base import ConnectionState, SlotEvent, SlotRecord, StoreOptions
 from idstore.errors import StoreError, StoreUnavailable
+from tests.faults.conftest import report
 from tests.harness.etcd_server import EtcdServer, EtcdTls, etcdctl
 from tests.harness.nodes import HOST, NodeProcess, addresses_of, query, rcode, wait_for
 from tests.harness.tls import Pki, make_pki
@@ -269,6 +270,8 @@ def test_etcd_auth_store_survives_idling_past_the_token_lifetime(auth_etcd: Etcd
         ]
         assert not broken, broken
         assert store.list("worker").claims[0].version == claim.version
+        report("etcd", "8 security", f"auth: idle {IDLE} s past a {TOKEN_TTL} s token: lease "
+               f"{lease} kept, watch delivered, claim at revision {claim.version}")  # fmt: skip
         watch.cancel()
     finally:
         store.close()
@@ -397,7 +400,7 @@ def test_zookeeper_acl_keeps_other_clients_out(zk: ZooKeeperServer, tmp_path: Pa
                 assert n2.stop() == 0
             assert n1.stop() == 0
         assert n0.stop() == 0
-    print(f"\nZooKeeper intruder outcomes: {outcomes}")
+    report("zookeeper", "8 security", f"digest ACL, intruder outcomes: {outcomes}")
     for n in (n0, n1, n2):
         assert_clean(n)
 
@@ -483,8 +486,8 @@ def test_rate_limiting_caps_a_flood_from_one_prefix(tmp_path: Path) -> None:
             elapsed = time.monotonic() - start
         dropped = FLOOD - full - slipped
         windows = math.ceil(elapsed) + 1  # one-second windows the flood touched
-        print(f"\nRRL {RRL}/s: {FLOOD} queries in {elapsed:.1f} s -> {full} answers, "
-              f"{slipped} TC=1 slips, {dropped} dropped")  # fmt: skip
+        report("dns", "8 security", f"RRL {RRL}/s: {FLOOD} queries in {elapsed:.1f} s -> "
+               f"{full} answers, {slipped} TC=1 slips, {dropped} dropped")  # fmt: skip
         assert 0 < full <= RRL * windows, (full, windows)
         assert slipped > 0 and dropped > 0
         # Another /24 (127.0.1.0/24 is loopback too) is not limited by that flood ...
