@@ -32,6 +32,7 @@ each like every backend; ``wire_requests`` counts the ZooKeeper requests they se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import random
@@ -86,6 +87,8 @@ log = logging.getLogger(__name__)
 # Presume the session lost once the server has been silent this fraction of the session
 # timeout: the rest is the margin for clock rate, scheduling and the holder's reaction.
 LOST_AFTER = 0.8
+# Free slots read ahead with every re-listing of a pool (see _PoolWatch._speculate).
+SPECULATIVE_READS = 4
 # How long open() waits for the state machine to see the new session.
 _STATE_SETTLE = 5.0
 _SCHEMES = ("zk://", "zookeeper://")
@@ -400,11 +403,12 @@ class ZooKeeperStore(SlotStore):
         if self._sid is not None and sid != self._sid and previous is not ConnectionState.LOST:
             # A new session means the old one expired, even if kazoo never said so.
             self._set_state(ConnectionState.LOST)
+        if previous is not ConnectionState.CONNECTED:
+            # Before anyone hears CONNECTED: a watch made after that is valid.
+            self._break_watches("reconnected to ZooKeeper: watches were reset")
         self._sid = sid
         self._set_state(ConnectionState.CONNECTED)
         self._connected.set()
-        if previous is not ConnectionState.CONNECTED:
-            self._break_watches("reconnected to ZooKeeper: watches were reset")
 
     def _replace_session(self, client: KazooClient, sid: int) -> None:
         """The session we gave up survived: close it (its ephemerals go) and start anew."""
@@ -751,7 +755,21 @@ class _PoolWatch:
     def _on_children(self, event: WatchedEvent) -> None:
         # NONE: the connection was reset; the store tells every watch when it is back.
         if event.type != ZkEventType.NONE:
+            self._speculate()
             self._request_listing()
+
+    def _speculate(self) -> None:
+        """Read the lowest free slots along with the listing, in the same round trip.
+
+        Slots are dense, so a new claim is almost always one of the lowest free ones;
+        reading them at once, rather than after the listing names them, halves the
+        time in which a short-lived claim can come and go unseen.
+        """
+        with self._tracked_lock:
+            tracked = set(self._tracked)
+        free = (s for s in itertools.count() if s not in tracked)
+        for slot in itertools.islice(free, SPECULATIVE_READS):
+            self._request_slot(slot)
 
     def _on_data(self, event: WatchedEvent) -> None:
         slot = _slot_of(event.path.rsplit("/", 1)[-1])
@@ -817,6 +835,9 @@ class _PoolWatch:
             return
         except Exception as e:
             item = _Result("error", reason=f"reading {self.pool}/{slot}: {e!r}")
+        if isinstance(item, _Result) and item.kind == "slot":
+            with self._tracked_lock:
+                self._tracked.add(slot)  # it has a data watch now
         if deliver and item is not None:
             self._results.put(item)
 
