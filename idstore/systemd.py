@@ -69,7 +69,12 @@ class Notifier:
         notify("RELOADING=1")
 
     def reloaded(self) -> None:
-        notify("READY=1")
+        # READY=1 ends the reload for systemd; before the first claim it would also end
+        # start-up early, so a node still waiting for a slot sends only its status.
+        if self._ready:
+            notify("READY=1", f"STATUS={self._status}")
+        else:
+            notify(f"STATUS={self._status or 'starting'}")
 
     def stopping(self) -> None:
         notify("STOPPING=1", "STATUS=releasing the slot and stopping")
