@@ -66,7 +66,8 @@ class Notifier:
         notify(f"STATUS={status}")
 
     def reloading(self) -> None:
-        notify("RELOADING=1")
+        if self._ready:  # while still starting, systemd has no reload to track
+            notify("RELOADING=1")
 
     def reloaded(self) -> None:
         # READY=1 ends the reload for systemd; before the first claim it would also end
