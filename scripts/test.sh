@@ -12,6 +12,7 @@ command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 [ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 command -v dig >/dev/null || need_apt+=(dnsutils)
 command -v ip >/dev/null || need_apt+=(iproute2)
+command -v openssl >/dev/null || need_apt+=(openssl)  # throwaway PKI for the TLS tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
