@@ -179,6 +179,11 @@ class SlotStore(abc.ABC):
         self._listener_lock = threading.Lock()
         self._ops = 0
         self._ops_lock = threading.Lock()
+        # Session liveness, for metrics: renewals the store acknowledged (etcd keepalive
+        # replies, ZooKeeper server packets) and renewals that failed (a failed keepalive,
+        # a ZooKeeper connection suspended). Written by the backend's own thread only.
+        self.renewals = 0
+        self.renewal_failures = 0
 
     # -- session ---------------------------------------------------------------------
 

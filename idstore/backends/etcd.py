@@ -484,6 +484,7 @@ class EtcdStore(SlotStore):
         try:
             ttl = self._refresh_once(lease, timeout)
         except StoreError as e:
+            self.renewal_failures += 1
             log.warning("etcd lease %x renewal failed: %s", lease, e)
             if isinstance(e, SessionLost):
                 self._lose(lease, str(e))
@@ -491,8 +492,10 @@ class EtcdStore(SlotStore):
                 self._set_state(ConnectionState.SUSPENDED)
             return
         if ttl <= 0:
+            self.renewal_failures += 1
             self._lose(lease, "etcd reports the lease expired (TTL 0)")
             return
+        self.renewals += 1
         with self._lease_lock:
             if self._lease_id == lease:
                 self._deadline = sent + ttl  # from when we sent: the server's clock ran later

@@ -232,6 +232,7 @@ class ZooKeeperStore(SlotStore):
             result = read_socket(*args, **kwargs)
             # Only after a packet was read: a closed socket is readable too (EOF).
             self._last_heard = time.monotonic()
+            self.renewals += 1  # any server packet renews the session's timer
             return result
 
         def connect_measured(*args: Any, **kwargs: Any) -> Any:
@@ -333,6 +334,8 @@ class ZooKeeperStore(SlotStore):
         """kazoo's listener, on its connection thread: must not block, so only queue."""
         if state == KazooState.CONNECTED:
             self._last_heard = time.monotonic()
+        elif state == KazooState.SUSPENDED:
+            self.renewal_failures += 1
         self._inbox.put(state)
 
     def _supervise(self) -> None:
