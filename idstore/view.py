@@ -17,7 +17,7 @@ from idstore.config import PoolSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 10,000-name view holds 10,000 of these
 class Member:
     """One claimed slot, ready to be served."""
 
@@ -88,8 +88,11 @@ class ClusterView:
                     if current.pop(slot, None) is not None:
                         changes.append((pool, slot, None))
                     continue
+                old = current.get(slot)
+                if old is not None and _same(old, claim):
+                    continue  # a re-list repeats every claim: no new Member for those
                 member = Member.from_claim(settings, claim)
-                if current.get(slot) != member:
+                if old != member:
                     current[slot] = member
                     changes.append((pool, slot, member))
             subscribers = list(self._subscribers)
@@ -99,3 +102,13 @@ class ClusterView:
                     fn(changes)
                 except Exception:
                     log.exception("view subscriber %r failed", fn)
+
+
+def _same(member: Member, claim: Claim) -> bool:
+    """Whether ``claim`` would make exactly ``member`` (the slot, hence the name, match)."""
+    record = claim.record
+    return (
+        member.addresses == record.addresses
+        and member.node_id == record.node_id
+        and member.ports == record.ports
+    )

@@ -141,7 +141,9 @@ class Zone:
         self._slots: dict[tuple[str, int], tuple[bytes, Member, _Revs]] = {}
         self._pool_members: dict[str, dict[int, Member]] = {p: {} for p in self.pools}
         self._srv_pool: dict[bytes, str] = {}
-        self._ptr: dict[bytes, dict[bytes, None]] = {}  # reverse name -> member names
+        # reverse name -> member names (a tuple: nearly always one name, and a dict per
+        # address would cost more than the rest of the entry at 10,000 members)
+        self._ptr: dict[bytes, tuple[bytes, ...]] = {}
         self._cache: dict[tuple[bytes, int], Prepared] = {}
 
         self._identity: bytes | None = None
@@ -226,7 +228,9 @@ class Zone:
         self._add_name(name, self.apex)
         self._pool_members.setdefault(pool, {})[slot] = member
         for rev, apex in revs:
-            self._ptr.setdefault(rev, {})[name] = None
+            targets = self._ptr.get(rev, ())
+            if name not in targets:
+                self._ptr[rev] = (*targets, name)
             self._add_name(rev, apex)
         self._forget(name, pool, revs)
 
@@ -238,8 +242,10 @@ class Zone:
         for rev, apex in revs:
             targets = self._ptr.get(rev)
             if targets is not None:
-                targets.pop(name, None)
-                if not targets:
+                rest = tuple(t for t in targets if t != name)
+                if rest:
+                    self._ptr[rev] = rest
+                else:
                     del self._ptr[rev]
             self._drop_name(rev, apex)
         self._forget(name, pool, revs)
