@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -350,6 +351,39 @@ class ZooKeeperEnsemble:
 
     def stop(self, index: int) -> None:
         self.members[index].signal(signal.SIGTERM)
+
+    def running(self, index: int) -> bool:
+        return self.members[index].running
+
+    def mode(self, index: int) -> str | None:
+        """``leader``, ``follower`` (``standalone``) from ``srvr``; None if not serving."""
+        try:
+            reply = four_letter_word(self.members[index].ports.client, b"srvr")
+        except OSError:
+            return None
+        for line in reply.decode(errors="replace").splitlines():
+            if line.startswith("Mode: "):
+                return line.removeprefix("Mode: ").strip()
+        return None
+
+    def leader(self) -> int:
+        """Index of the member that answers ``srvr`` with ``Mode: leader``."""
+        for i, m in enumerate(self.members):
+            if m.running and self.mode(i) == "leader":
+                return i
+        raise RuntimeError(f"no leader among the running members of {self.endpoints}")
+
+    def sessions(self, index: int) -> set[str]:
+        """Session ids (hex, as ``ephemeralOwner`` / idstore show them) of the clients
+        connected to member ``index`` right now (``cons``); empty if it does not answer."""
+        try:
+            reply = four_letter_word(self.members[index].ports.client, b"cons")
+        except OSError:
+            return set()
+        return {
+            f"{int(m, 16):x}"
+            for m in re.findall(r"sid=0x([0-9a-f]+)", reply.decode(errors="replace"))
+        }
 
     def cleanup(self) -> None:
         for m in self.members:
