@@ -246,7 +246,10 @@ class SlotStore(abc.ABC):
 
         A store that keeps history (etcd) replays from ``since.revision``; one that does
         not (ZooKeeper) reads the pool afresh and first delivers its differences from
-        ``since.claims``. Whenever events may have been missed the backend calls
+        ``since.claims``; such a store may merge changes that happen faster than it can
+        read them (a claim and its release both before the read: neither is reported),
+        so what is guaranteed is convergence to the store's content, in revision order.
+        Whenever events may have been missed the backend calls
         ``on_broken`` and stops delivering on this handle; the caller re-lists and watches
         again (idstore.mirror.PoolMirror does that for everyone).
         """
@@ -284,7 +287,10 @@ class SlotStore(abc.ABC):
 
     @property
     def ops(self) -> int:
-        """Requests sent to the store so far (keepalives excluded): for benchmarks."""
+        """idstore operations sent to the store so far (keepalives excluded).
+
+        A backend whose operation costs several wire requests (ZooKeeper's list: one
+        get_children plus one get per slot) also exposes ``wire_requests``."""
         return self._ops
 
     def _count(self, n: int = 1) -> None:
