@@ -8,8 +8,11 @@ as a safety net. This logic lives here, above the SlotStore line, so no backend 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +28,32 @@ from idstore.backends.base import (
 from idstore.errors import IdstoreError
 
 log = logging.getLogger(__name__)
+
+# A re-list of a big pool replaces every Claim (the store's reply is parsed afresh), and
+# the freed memory of the old ones mostly stays with the process: at 10,000 claims each
+# periodic re-list left about 4 MB more resident. Handing free heap pages back to the OS
+# after such a re-list (glibc's malloc_trim, a few ms) keeps the resident size flat.
+_TRIM_AFTER = 1000  # claims in a listing from which a re-list trims the heap
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_malloc_trim = _load_trim()
+
+
+def trim_heap() -> None:
+    """Return free heap memory to the OS where the C library can (glibc)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
 
 # listener(pool, changed slots (None = freed), replace, revision): with replace=True the
 # mapping is the whole pool (after a re-list) and slots missing from it are free; revision
@@ -177,10 +206,11 @@ class PoolMirror:
         listing = self.store.list(pool)
         gen = object()
         with self._cond:
-            self._claims[pool] = dict(listing.claims)
+            claims = _keep_unchanged(self._claims.get(pool, {}), listing.claims)
+            self._claims[pool] = claims
             self._generation[pool] = gen
         # Emit the listing before the watch starts, so no event can precede it.
-        self._emit(pool, dict(listing.claims), True, listing.revision)
+        self._emit(pool, dict(claims), True, listing.revision)
         handle = self.store.watch(
             listing,
             lambda events: self._on_events(pool, gen, events),
@@ -193,6 +223,9 @@ class PoolMirror:
             self._cond.notify_all()
         if fresh and self.store.state is ConnectionState.CONNECTED:
             self._mark_fresh()
+        if len(listing.claims) >= _TRIM_AFTER:
+            del listing
+            trim_heap()
 
     # -- notifications ---------------------------------------------------------------
 
@@ -221,3 +254,17 @@ class PoolMirror:
                 fn(self._stale_since)
             except Exception:
                 log.exception("stale listener %r failed", fn)
+
+
+def _keep_unchanged(old: Mapping[int, Claim], new: Mapping[int, Claim]) -> dict[int, Claim]:
+    """``new`` with every claim equal to the one already held replaced by that one.
+
+    A periodic re-list mostly repeats what we hold; keeping the long-lived objects and
+    dropping the fresh copies at once lets the allocator give their memory back, where
+    swapping them in would leave two generations of fragments behind (10,000 claims).
+    """
+    out: dict[int, Claim] = {}
+    for slot, claim in new.items():
+        held = old.get(slot)
+        out[slot] = held if held is not None and held == claim else claim
+    return out
