@@ -124,7 +124,7 @@ class Node:
 
     def _on_hold(self, status: Status, claim: Claim | None) -> None:
         name = self.pool.name_of(claim.slot) if claim else None
-        self.zone.set_identity(name)
+        self.zone.set_identity(name, self.holds_live_session)
         if claim is not None:
             # DNS is bound before the store is even contacted, so a claim means both.
             self.notifier.ready(f"holding {name} (slot {claim.slot} of pool {self.pool.name})")
@@ -209,13 +209,16 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         claim = self.allocator.claim
+        if claim is not None and not self.holds_live_session():
+            claim = None  # whoami must not claim a slot the session may have lost
+        state = self.allocator.status.value if claim or self.allocator.claim is None else "lost"
         return {
             "pool": self.pool.name,
             "slot": claim.slot if claim else None,
             "name": self.pool.name_of(claim.slot) if claim else None,
             "addresses": list(self.addresses),
             "node_id": self.record.node_id,
-            "state": self.allocator.status.value,
+            "state": state,
             "store": self.store.state.value,
             "backend": self.store.name,
         }
@@ -237,9 +240,17 @@ class Node:
         }
         return {**self.status(), "cluster": cluster}
 
+    def holds_live_session(self) -> bool:
+        """Is the session behind our claim surely alive right now? Asked before asserting
+        our identity, so a resumed (paused) process never asserts a slot it may have lost
+        in the moment before its backend reports LOST."""
+        return time.monotonic() < self.store.session_valid_until()
+
     def ready(self) -> tuple[bool, str]:
         if self.allocator.claim is None:
             return False, f"no slot held ({self.allocator.status.value})"
+        if not self.holds_live_session():
+            return False, "session past its deadline (LOST pending)"
         if self.store.state is not ConnectionState.CONNECTED:
             return False, f"store {self.store.state.value}"
         return True, "ok"

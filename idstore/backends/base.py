@@ -32,6 +32,7 @@ import abc
 import enum
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,6 +254,16 @@ class SlotStore(abc.ABC):
         ``on_broken`` and stops delivering on this handle; the caller re-lists and watches
         again (idstore.mirror.PoolMirror does that for everyone).
         """
+
+    def session_valid_until(self) -> float:
+        """time.monotonic() until which the current session is surely alive on the server.
+
+        A holder must not assert its slot past this moment, even before LOST is reported:
+        a process that was paused (SIGSTOP, a VM freeze) resumes with stale state, and its
+        backend thread needs a moment to notice. Stores whose sessions cannot lapse while
+        the process runs (memory) return infinity; a store with no session returns 0.
+        """
+        return math.inf if self._state is not ConnectionState.LOST else 0.0
 
     # -- connection state ------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import random
 import threading
@@ -87,6 +88,7 @@ log = logging.getLogger(__name__)
 # Presume the session lost once the server has been silent this fraction of the session
 # timeout: the rest is the margin for clock rate, scheduling and the holder's reaction.
 LOST_AFTER = 0.8
+_PING_XID = -2  # kazoo.protocol.connection.PING_XID: the xid of ping replies
 # Free slots read ahead with every re-listing of a pool (see _PoolWatch._speculate).
 SPECULATIVE_READS = 4
 # How long open() waits for the state machine to see the new session.
@@ -169,6 +171,9 @@ class ZooKeeperStore(SlotStore):
         self._given_up_sid: int | None = None
         self._silent_since: float | None = None  # monotonic; set while SUSPENDED
         self._last_heard = 0.0  # monotonic time of the last packet from the server
+        self._stamped = False  # are _last_heard and _confirmed kept current?
+        self._ping_sent = 0.0  # monotonic send time of the latest ping
+        self._confirmed = 0.0  # send time of the latest ping the server answered
         self._negotiated = options.ttl  # session timeout the server granted, seconds
         self._connected = threading.Event()
         self._watches: set[_PoolWatch] = set()
@@ -224,20 +229,38 @@ class ZooKeeperStore(SlotStore):
         conn = getattr(client, "_connection", None)
         read_socket = getattr(conn, "_read_socket", None)
         connect = getattr(conn, "_connect", None)
-        if conn is None or read_socket is None or connect is None:
+        read_header = getattr(conn, "_read_header", None)
+        send_ping = getattr(conn, "_send_ping", None)
+        if conn is None or None in (read_socket, connect, read_header, send_ping):
             log.warning("kazoo internals changed: using worst-case session deadlines")
             return
+        assert read_socket and connect and read_header and send_ping  # for mypy
 
         def read_socket_stamped(*args: Any, **kwargs: Any) -> Any:
             result = read_socket(*args, **kwargs)
             # Only after a packet was read: a closed socket is readable too (EOF).
             self._last_heard = time.monotonic()
-            self.renewals += 1  # any server packet renews the session's timer
+            return result
+
+        def send_ping_stamped(*args: Any, **kwargs: Any) -> Any:
+            self._ping_sent = time.monotonic()
+            return send_ping(*args, **kwargs)
+
+        def read_header_checked(*args: Any, **kwargs: Any) -> Any:
+            result = read_header(*args, **kwargs)
+            if getattr(result[0], "xid", None) == _PING_XID:
+                # The server heard our ping no earlier than we sent it, so the session
+                # lives at least a timeout from then. A reply's arrival time would not do:
+                # after a pause (SIGSTOP) stale replies are read from the socket buffer.
+                self._confirmed = self._ping_sent
+                self.renewals += 1
             return result
 
         def connect_measured(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
             read_timeout, connect_timeout = connect(*args, **kwargs)
             self._last_heard = time.monotonic()
+            self._confirmed = started
             # kazoo derives its read timeout as 2/3 of the negotiated timeout (ms).
             granted = read_timeout * 1.5 / 1000.0
             if abs(granted - self.options.ttl) > 0.05:
@@ -252,6 +275,9 @@ class ZooKeeperStore(SlotStore):
 
         conn._read_socket = read_socket_stamped
         conn._connect = connect_measured
+        conn._read_header = read_header_checked
+        conn._send_ping = send_ping_stamped
+        self._stamped = True
 
     def open(self) -> None:
         self._count()
@@ -353,6 +379,15 @@ class ZooKeeperStore(SlotStore):
                 self._handle(item)
             except Exception:  # the state machine must outlive any bug in one step
                 log.exception("ZooKeeper state handling failed for %s", item)
+
+    def session_valid_until(self) -> float:
+        # The server expires the session a full timeout after it last heard from us; we
+        # last heard from it no earlier than that, so this bound is conservative.
+        if self._state is ConnectionState.LOST:
+            return 0.0
+        if not self._stamped:  # no packet times: only the supervisor's LOST can tell
+            return math.inf
+        return self._confirmed + self._negotiated * LOST_AFTER
 
     def _time_to_presumed_loss(self) -> float | None:
         if self._silent_since is None:

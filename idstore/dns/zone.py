@@ -35,7 +35,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from idstore.config import MAX_UDP, DnsSettings, PoolSettings
 from idstore.dns import wire
@@ -87,6 +87,10 @@ RR = tuple[bytes, int, int, list[bytes | tuple[bytes, bool]]]  # owner, type, tt
 Variant = tuple[int, int, int, int, int, bytes]  # body length, TC, an, ns, ar, body
 _Reply = tuple[bytes, int]  # reply after the ID, stats.cached_code(qtype, rcode)
 _Revs = tuple[tuple[bytes, bytes], ...]  # (reverse name, its reverse zone) per address
+
+
+def _always() -> bool:
+    return True
 
 
 class Prepared:
@@ -147,6 +151,7 @@ class Zone:
         self._cache: dict[tuple[bytes, int], Prepared] = {}
 
         self._identity: bytes | None = None
+        self._identity_live: Callable[[], bool] = _always
         self._nsid = b""
         self._stale_since: float | None = None
         self._serial = int(time.time()) & 0xFFFFFFFF
@@ -182,8 +187,13 @@ class Zone:
                 self._bump_serial()
                 self._replies = {}
 
-    def set_identity(self, name: str | None) -> None:
-        """This node's claimed name (NSID, ``ns.<zone>``); None while it holds no slot."""
+    def set_identity(self, name: str | None, live: Callable[[], bool] | None = None) -> None:
+        """This node's claimed name (NSID, ``ns.<zone>``); None while it holds no slot.
+
+        ``live`` is asked at the moment NSID is about to assert the name: a node that was
+        paused past its session's deadline must not answer with the name before its
+        backend's thread has noticed (and reported LOST)."""
+        self._identity_live = live or _always
         with self._lock:
             self._identity = name_to_wire(name) if name else None
             self._nsid = name.encode("ascii", "replace")[:255] if name else b""
@@ -379,7 +389,8 @@ class Zone:
         if q.edns:
             if q.version:
                 return self._badvers(data, q)
-            opt = (self._opt_nsid if q.nsid else self._opt)[q.do]
+            nsid = q.nsid and self._identity_live()
+            opt = (self._opt_nsid if nsid else self._opt)[q.do]
             limit = TCP_MAX if proto == "tcp" else min(max(q.udp_size, 512), MAX_UDP)
         else:
             opt = b""
@@ -413,7 +424,8 @@ class Zone:
             self._log_query(q, proto, client, rcode)
         header = HEADER.pack((data[0] << 8) | data[1], flags, 1, an, ns, ar + (1 if opt else 0))
         reply = b"".join((header, data[12 : q.end], body, opt))
-        if proto == "udp" and self._replies_ok():
+        # A reply carrying NSID asserts our identity, which must be re-checked each time.
+        if proto == "udp" and not q.nsid and self._replies_ok():
             if len(replies) >= _MAX_REPLIES:
                 replies.clear()  # a flood of distinct queries (random case, cookies)
             replies[data[2:]] = (reply[2:], cached_code(q.qtype, rcode))
