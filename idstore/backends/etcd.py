@@ -69,6 +69,11 @@ _BACKOFF_FIRST = 0.2  # re-grant after LOST: first pause, doubled up to _BACKOFF
 # partition heals can still name it as the owner of a slot another node now holds.
 _BACKOFF_MAX = 1.0
 _MIN_REQUEST_TIMEOUT = 0.05  # a renewal sent with less time than this cannot succeed
+# A failed renewal is retried after this (doubled per failure, up to the renewal interval),
+# not a whole interval later: the failure may be one dead member or an election, and the
+# next endpoint is likely to answer. With TTL/3 between attempts, two failed attempts
+# after a member loss used up the lease's deadline and the session was presumed LOST.
+_RENEW_RETRY_FIRST = 0.1
 # gRPC's default reconnect backoff grows to 120 s: after a long store outage the channel
 # would sit idle for minutes after etcd is back. Keep reconnect attempts frequent.
 _CHANNEL_OPTIONS = [
@@ -456,6 +461,7 @@ class EtcdStore(SlotStore):
     def _keepalive_loop(self) -> None:
         interval = max(self._granted_ttl / 3.0, 0.1)
         next_at = time.monotonic() + interval
+        retry = _RENEW_RETRY_FIRST
         while not self._stop.is_set():
             self._wake.clear()
             with self._lease_lock:
@@ -472,14 +478,18 @@ class EtcdStore(SlotStore):
                 self._lose(lease, f"no renewal succeeded within the {self._granted_ttl} s TTL")
             elif now < next_at:
                 self._wake.wait(min(next_at, deadline) - now)
-            else:
+            elif self._renew(lease, deadline):
                 next_at = now + interval  # "at most every TTL/3", counted from each attempt
-                self._renew(lease, deadline)
+                retry = _RENEW_RETRY_FIRST
+            else:
+                next_at = time.monotonic() + random.uniform(retry / 2, retry)
+                retry = min(retry * 2, interval)
 
-    def _renew(self, lease: int, deadline: float) -> None:
+    def _renew(self, lease: int, deadline: float) -> bool:
+        """One renewal attempt; whether it succeeded."""
         timeout = min(self.options.request_timeout, deadline - time.monotonic())
         if timeout < _MIN_REQUEST_TIMEOUT:
-            return  # the deadline check in the loop declares LOST
+            return False  # the deadline check in the loop declares LOST
         sent = time.monotonic()
         try:
             ttl = self._refresh_once(lease, timeout)
@@ -490,16 +500,17 @@ class EtcdStore(SlotStore):
                 self._lose(lease, str(e))
             else:
                 self._set_state(ConnectionState.SUSPENDED)
-            return
+            return False
         if ttl <= 0:
             self.renewal_failures += 1
             self._lose(lease, "etcd reports the lease expired (TTL 0)")
-            return
+            return False
         self.renewals += 1
         with self._lease_lock:
             if self._lease_id == lease:
                 self._deadline = sent + ttl  # from when we sent: the server's clock ran later
         self._set_state(ConnectionState.CONNECTED)
+        return True
 
     def _refresh_once(self, lease: int, timeout: float) -> int:
         """One keepalive round trip with its own deadline (not counted as an op)."""

@@ -288,3 +288,31 @@ def test_watch_on_a_member_cut_off_from_quorum_reports_broken() -> None:
             for p in peers:
                 p.send_signal(signal.SIGCONT)
             store.close(release=False)
+
+
+def test_failed_renewals_are_retried_soon_and_keep_the_session(
+    stores: Callable[..., EtcdStore],
+) -> None:
+    """Regression: a failed keepalive (a member just killed, an election, a channel closed
+    by another request's failover) was retried only a whole TTL/3 later, so two failures
+    in a row used up a 3 s lease: killing one member of three made every node LOST."""
+    store = stores(ttl=3.0, request_timeout=1.0)
+    session = store.session_id
+    states: list[ConnectionState] = []
+    store.add_listener(states.append)
+    real = store._refresh_once
+    calls: list[float] = []
+
+    def flaky(lease: int, timeout: float) -> int:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise StoreUnavailable("injected: the member we talk to just died")
+        return real(lease, timeout)
+
+    store._refresh_once = flaky  # type: ignore[method-assign]
+    wait_for(lambda: len(calls) >= 3 and store.state is ConnectionState.CONNECTED, 6, "renewed")
+    time.sleep(1.5)  # past the old deadline had the retries come a whole interval apart
+    print(f"\nrenewal attempts {[round(t - calls[0], 2) for t in calls[:4]]} s after the first")
+    assert ConnectionState.LOST not in states
+    assert states[:2] == [ConnectionState.SUSPENDED, ConnectionState.CONNECTED]
+    assert store.session_id == session
