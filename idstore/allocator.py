@@ -18,14 +18,25 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from idstore.backends.base import Claim, ConnectionState, Listing, SlotRecord, SlotStore
+from idstore.backends.base import (
+    Claim,
+    ConnectionState,
+    Position,
+    SlotRecord,
+    SlotStore,
+    Ticket,
+)
 from idstore.config import PoolSettings
 from idstore.errors import IdstoreError, NotOwner, SessionLost, SlotTaken
 
 log = logging.getLogger(__name__)
+
+# Claims from our place in line before falling back to reading the whole pool: a boot
+# storm needs one; only churn needs more.
+QUEUE_ATTEMPTS = 6
 
 
 class Status(enum.Enum):
@@ -62,6 +73,7 @@ class Allocator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="allocator", daemon=True)
         self._full_logged_at = 0.0
+        self._ticket: Ticket | None = None  # our place in the pool's waiting queue
 
     # -- public ----------------------------------------------------------------------
 
@@ -79,6 +91,8 @@ class Allocator:
         self._wake.set()
         self._thread.join(10)
         self.store.remove_listener(self._on_state)
+        if self._ticket is not None and self.store.state is ConnectionState.CONNECTED:
+            self._leave(self._ticket)
         held, self.claim = self.claim, None
         if release and held is not None and self.store.state is ConnectionState.CONNECTED:
             try:
@@ -198,34 +212,100 @@ class Allocator:
             )
 
     def acquire(self) -> Claim | None:
-        """One round: our old slot if it is ours to take, else the lowest free one.
+        """One round: our old slot if it is ours to take, else our place in line's slot.
 
-        Returns None when the pool is full. Raises IdstoreError on store trouble.
+        Returns None when the pool is full (this node stays in line and is served first
+        when a slot frees). Raises IdstoreError on store trouble.
         """
         record = replace(self.record, claimed_at=time.time())
-        listing = self.store.list(self.pool.name)
-        sticky = self._take_back(listing, record)
-        if sticky is not None:
-            return sticky
-        taken = set(listing.claims)
+        pos = self._join()
+        if pos.own:
+            sticky = self._take_back(pos.own, record)
+            if sticky is not None:
+                if pos.ticket is not None:
+                    self._leave(pos.ticket)  # queued before it knew of its old claim
+                return sticky
+            if pos.ticket is None:  # not queued because of the old claim: queue now
+                pos = self.store.enqueue(self.pool.name, self.pool.slots(), record.node_id, False)
+        claim = self._claim_in_line(pos, record)
+        if claim is not None:
+            self._ticket = None
+        return claim
+
+    def _join(self) -> Position:
+        """Our place in line: kept across rounds while its session lives (a waiting node
+        keeps its turn), else a new entry."""
+        slots, node_id = self.pool.slots(), self.record.node_id
+        ticket = self._ticket
+        if ticket is not None and ticket.session == self.store.session_id:
+            pos = self.store.position(ticket, slots, node_id)
+            if pos.ticket is not None or pos.own:
+                return self._keep(pos)
+        return self._keep(self.store.enqueue(self.pool.name, slots, node_id))
+
+    def _keep(self, pos: Position) -> Position:
+        self._ticket = pos.ticket
+        return pos
+
+    def _claim_in_line(self, pos: Position, record: SlotRecord) -> Claim | None:
+        """Claim the slot our place in line maps to; re-read and retry on a lost race.
+
+        The i-th waiting node (by ticket) takes the i-th lowest free slot. A claim by a
+        waiting node removes one waiting node and one free slot, both before or both
+        after any other node's place, so that mapping never changes while nodes only
+        join and claim: a boot storm has no lost races at all. Only churn (a node dying
+        in line, a slot freed, a claim by a node outside the queue) moves places; the
+        store's atomic claim catches that, and the node reads its place again.
+        """
+        for attempt in range(QUEUE_ATTEMPTS):
+            if _needs_holes(pos) and pos.ticket is not None:
+                pos = self.store.position(pos.ticket, pos.slots, record.node_id, exact=True)
+            slot = _target(pos)
+            if slot is None:
+                return None
+            self.claim_attempts += 1
+            try:
+                if pos.ticket is None:
+                    return self.store.claim(self.pool.name, slot, record)
+                return self.store.claim(self.pool.name, slot, record, ticket=pos.ticket)
+            except SlotTaken:
+                log.debug("slot %s of pool %s was taken; reading our place again", slot, pos.pool)
+            if pos.ticket is None:
+                break  # not in line (a store without a queue): probe instead
+            # Jitter: nodes that lost a race to churn must not meet again at once.
+            time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
+            pos = self._keep(self.store.position(pos.ticket, pos.slots, record.node_id))
+            if pos.ticket is None:
+                pos = self._keep(self.store.enqueue(self.pool.name, pos.slots, record.node_id))
+        # Places keep moving (or claims come from nodes that write no index, such as an
+        # older idstore): fall back to reading the pool and probing its lowest free slots.
+        return self._probe_lowest(record)
+
+    def _probe_lowest(self, record: SlotRecord) -> Claim | None:
+        taken = set(self.store.list(self.pool.name).claims)
         for _ in range(self.max_attempts):
             slot = next((s for s in self.pool.slots() if s not in taken), None)
             if slot is None:
                 return None
             self.claim_attempts += 1
             try:
-                return self.store.claim(self.pool.name, slot, record)
+                if self._ticket is None:
+                    return self.store.claim(self.pool.name, slot, record)
+                return self.store.claim(self.pool.name, slot, record, ticket=self._ticket)
             except SlotTaken:
                 taken.add(slot)  # lost a race for it: the next free one
         return None
 
-    def _take_back(self, listing: Listing, record: SlotRecord) -> Claim | None:
+    def _leave(self, ticket: Ticket) -> None:
+        self._ticket = None
+        try:
+            self.store.dequeue(ticket)
+        except IdstoreError as e:  # it leaves with our session anyway
+            log.debug("could not leave the queue of pool %s: %s", ticket.pool, e)
+
+    def _take_back(self, own: Iterable[Claim], record: SlotRecord) -> Claim | None:
         ours = sorted(
-            (
-                c
-                for c in listing.claims.values()
-                if c.record.node_id == record.node_id and c.slot in self.pool.slots()
-            ),
+            (c for c in own if c.record.node_id == record.node_id and c.slot in self.pool.slots()),
             key=lambda c: c.slot,
         )
         for previous in ours:
@@ -244,3 +324,25 @@ class Allocator:
                 )
             return claim
         return None
+
+
+def _holes(pos: Position) -> int:
+    """Free slots below the highest claimed one."""
+    top = pos.slots.start - 1 if pos.highest is None else pos.highest
+    return (top - pos.slots.start + 1) - pos.taken
+
+
+def _needs_holes(pos: Position) -> bool:
+    """Our slot is a hole below the highest claim and the store did not say where."""
+    return pos.ahead < _holes(pos) and pos.free_below is None
+
+
+def _target(pos: Position) -> int | None:
+    """The ``ahead``-th lowest free slot of ``pos.slots``; None when there is none."""
+    holes = _holes(pos)
+    if pos.ahead < holes:
+        free = pos.free_below or ()
+        return free[pos.ahead] if pos.ahead < len(free) else None
+    top = pos.slots.start - 1 if pos.highest is None else pos.highest
+    slot = top + 1 + (pos.ahead - holes)
+    return slot if slot < pos.slots.stop else None

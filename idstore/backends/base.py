@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -142,6 +142,61 @@ class Listing:
     revision: int
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A node's place in a pool's waiting queue (see ``SlotStore.enqueue``).
+
+    The entry lives under the session that made it, so a node that dies while waiting
+    leaves the queue with its session, as its claims would.
+    """
+
+    pool: str
+    # Assigned by the store, increasing in arrival order: the etcd create_revision of the
+    # entry, the ZooKeeper sequence number. Nodes are served in this order.
+    order: int
+    key: str  # the backend's name for the entry (key, znode path)
+    session: str  # the session the entry lives under
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a node stands, all read at one store revision: what the herd algorithm needs.
+
+    Counts cover only the slots of ``slots`` (the pool's configured range). The slots
+    above ``highest`` are all free, so a node ``ahead`` places back in line can compute
+    its slot from the counts alone unless it must fill a hole below ``highest``; only
+    then does it need ``free_below``, which a store fills when it was cheap to read or
+    when asked with ``exact=True``.
+    """
+
+    pool: str
+    slots: range
+    ticket: Ticket | None  # None: not waiting in the queue (see SlotStore.enqueue)
+    ahead: int  # waiting nodes served before this one
+    taken: int  # claims within ``slots``
+    highest: int | None  # the highest claimed slot within ``slots``; None when none is
+    free_below: tuple[int, ...] | None  # free slots below ``highest``, ascending, if read
+    own: tuple[Claim, ...]  # claims in ``slots`` by the asking node identity (sticky restart)
+    revision: int
+
+
+def position_of(
+    pool: str,
+    slots: range,
+    ticket: Ticket | None,
+    ahead: int,
+    taken: Iterable[int],
+    revision: int,
+    own: tuple[Claim, ...] = (),
+) -> Position:
+    """A Position from the set of taken slots (stores that read them all anyway)."""
+    used = {s for s in taken if s in slots}
+    highest = max(used) if used else slots.start - 1
+    free = tuple(s for s in range(slots.start, highest) if s not in used)
+    top = highest if used else None
+    return Position(pool, slots, ticket, ahead, len(used), top, free, own, revision)
+
+
 class EventType(enum.Enum):
     PUT = "put"
     DELETE = "delete"
@@ -210,12 +265,16 @@ class SlotStore(abc.ABC):
     # -- slots -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+    def claim(
+        self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
+    ) -> Claim:
         """Atomically take ``slot`` under the current session, only if it is free.
 
         Idempotent: if the current session already holds the slot with this record's
         node_id and nonce (say, a retry after a timeout whose request did apply), that
-        claim is returned. Raises SlotTaken (with the owner's Claim when known),
+        claim is returned. With ``ticket`` the same atomic write also removes that queue
+        entry (a claim and its leaving the queue are one step, which keeps every other
+        waiting node's place valid). Raises SlotTaken (with the owner's Claim when known),
         SessionLost, StoreUnavailable.
         """
 
@@ -235,6 +294,41 @@ class SlotStore(abc.ABC):
     @abc.abstractmethod
     def list(self, pool: str) -> Listing:
         """Every claim of ``pool`` with the store revision it reflects."""
+
+    # -- waiting queue (many nodes starting at once) ---------------------------------
+    #
+    # A store without a queue keeps these defaults: every node is first in line and
+    # reads the whole pool, which is correct but costs O(pool) per node.
+
+    def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
+        """Join ``pool``'s waiting queue under the current session; where we then stand.
+
+        The entry and the returned Position are one atomic step where the store allows
+        (etcd), else the Position is read right after the entry was made (ZooKeeper), so
+        ``ahead`` counts exactly the entries older than ours. With ``sticky``, a store
+        may skip queueing when ``node_id`` already holds a claim in ``slots``: it then
+        returns ``ticket=None`` and those claims in ``own``. Raises SessionLost,
+        StoreUnavailable.
+        """
+        return self._listed_position(pool, slots, node_id)
+
+    def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
+        """Where ``ticket`` stands now; ``exact`` asks for ``free_below`` whatever it costs.
+
+        ``ticket`` is None in the result when the entry is no longer queued.
+        """
+        return self._listed_position(ticket.pool, slots, node_id)
+
+    def dequeue(self, ticket: Ticket) -> None:
+        """Leave the queue without claiming (stop, or a node that took its slot back)."""
+        return None  # a store without a queue has nothing to leave
+
+    def _listed_position(self, pool: str, slots: range, node_id: str) -> Position:
+        """The queue-less Position: first in line, from a listing of the whole pool."""
+        listing = self.list(pool)
+        claims = {s: c for s, c in listing.claims.items() if s in slots}
+        own = tuple(c for _, c in sorted(claims.items()) if c.record.node_id == node_id)
+        return position_of(pool, slots, None, 0, claims, listing.revision, own)
 
     @abc.abstractmethod
     def watch(

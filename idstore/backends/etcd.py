@@ -5,6 +5,23 @@ is a single transaction whose compare decides ownership (create_revision == 0 fo
 claim, mod_revision == the claim's version for a re-claim or release), so nothing here
 ever decides by "read, then write".
 
+Beside each slot key, the same transaction writes two index keys under the same lease
+(so they live, move and vanish exactly with the claim), and a waiting queue lives
+beside the pool (all under ``<prefix>/<cluster>/``; pool names cannot start with "_"):
+
+- ``_slots/<pool>/<9999999999 - slot, 10 digits>``: slots in *descending* numeric order
+  as keys ascend, so the highest claimed slot is a range with limit 1 (etcd applies a
+  limit early only to ascending key order; a sorted range fetches every key first) and
+  the claimed count is a count_only range;
+- ``_ids/<pool>/<quoted node id>/<slot>`` holding the record: a restarted node finds its
+  claim with a range of a few keys instead of reading the pool; written in the claim's
+  transaction, its mod_revision is the claim's version;
+- ``_queue/<pool>/<lease>``: a waiting node's entry; its create_revision is its ticket.
+
+These keys only guide the choice of a slot; ownership is still decided by the slot key's
+compare alone, so claims written without them (older idstore versions) stay safe: they
+only cost lost races, after which the allocator reads the pool itself.
+
 The package etcd3 (0.12) is used only for its generated gRPC stubs: its own lease
 refresh has no timeout and its watch machinery stalls on reconnects, so the keepalive
 loop, the watch stream and endpoint failover are driven here on plain gRPC.
@@ -32,7 +49,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import grpc
 
@@ -43,10 +60,12 @@ from idstore.backends.base import (
     EventsCallback,
     EventType,
     Listing,
+    Position,
     SlotEvent,
     SlotRecord,
     SlotStore,
     StoreOptions,
+    Ticket,
 )
 from idstore.errors import (
     BackendNotFound,
@@ -233,6 +252,14 @@ def session_name(lease_id: int) -> str:
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that makes a range cover every key starting with ``prefix``."""
     return prefix[:-1] + bytes([prefix[-1] + 1])  # prefixes here end in "/", never 0xff
+
+
+# Index keys hold INDEX_TOP - slot, zero-padded: ascending keys = descending slots.
+INDEX_TOP = 10**10 - 1
+
+
+def index_suffix(slot: int) -> bytes:
+    return b"%010d" % (INDEX_TOP - slot)
 
 
 def parse_slot(key: bytes, prefix: bytes) -> int | None:
@@ -613,9 +640,12 @@ class EtcdStore(SlotStore):
             return None
         return Claim(pool, slot, rec, int(kv.mod_revision), session_name(kv.lease))
 
-    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+    def claim(
+        self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
+    ) -> Claim:
         lease = self._write_lease()
         key = self.options.slot_path(pool, slot).encode()
+        leave = [_delete(ticket.key.encode())] if ticket is not None else []
         txn = rpc.TxnRequest(
             compare=[
                 rpc.Compare(
@@ -625,7 +655,7 @@ class EtcdStore(SlotStore):
                     create_revision=0,
                 )
             ],
-            success=[_put(key, record, lease)],
+            success=[*self._claim_puts(pool, slot, record, lease), *leave],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
         # Retrying on another endpoint is safe: an applied first attempt comes back as
@@ -645,7 +675,8 @@ class EtcdStore(SlotStore):
         key = self.options.slot_path(pool, slot).encode()
         txn = rpc.TxnRequest(
             compare=[_same_version(key, previous.version)],
-            success=[_put(key, record, lease)],
+            # The index keys move to the new lease with the slot.
+            success=list(self._claim_puts(pool, slot, record, lease)),
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
         # Safe to retry like claim: an applied first attempt comes back as our own claim.
@@ -667,7 +698,11 @@ class EtcdStore(SlotStore):
         key = self.options.slot_path(claim.pool, claim.slot).encode()
         txn = rpc.TxnRequest(
             compare=[_same_version(key, claim.version)],
-            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+            success=[
+                _delete(key),
+                _delete(self._index_key(claim.pool, claim.slot)),
+                _delete(self._id_key(claim.pool, claim.record.node_id, claim.slot)),
+            ],
         )
         return bool(self._txn("release", txn, None).succeeded)
 
@@ -688,6 +723,165 @@ class EtcdStore(SlotStore):
             if claim is not None:
                 claims[slot] = claim
         return Listing(pool, claims, int(resp.header.revision))
+
+    # -- waiting queue -------------------------------------------------------------------
+
+    def _base(self) -> str:
+        return f"{self.options.prefix.rstrip('/')}/{self.options.cluster}"
+
+    def _queue_prefix(self, pool: str) -> bytes:
+        return f"{self._base()}/_queue/{pool}/".encode()
+
+    def _index_prefix(self, pool: str) -> bytes:
+        return f"{self._base()}/_slots/{pool}/".encode()
+
+    def _index_key(self, pool: str, slot: int) -> bytes:
+        return self._index_prefix(pool) + index_suffix(slot)
+
+    def _index_range(self, pool: str, slots: range) -> tuple[bytes, bytes]:
+        """[key, range_end) covering exactly the index keys of ``slots``."""
+        prefix = self._index_prefix(pool)
+        return prefix + index_suffix(slots.stop - 1), prefix + index_suffix(slots.start) + b"\0"
+
+    def _ids_prefix(self, pool: str, node_id: str) -> bytes:
+        return f"{self._base()}/_ids/{pool}/{quote(node_id, safe='')}/".encode()
+
+    def _id_key(self, pool: str, node_id: str, slot: int) -> bytes:
+        return self._ids_prefix(pool, node_id) + str(slot).encode()
+
+    def _claim_puts(self, pool: str, slot: int, record: SlotRecord, lease: int) -> tuple[Any, ...]:
+        """The slot key and its two index keys, all under the claim's lease."""
+        index = rpc.PutRequest(key=self._index_key(pool, slot), value=b"%d" % slot, lease=lease)
+        return (
+            _put(self.options.slot_path(pool, slot).encode(), record, lease),
+            rpc.RequestOp(request_put=index),
+            _put(self._id_key(pool, record.node_id, slot), record, lease),
+        )
+
+    def _counts(self, pool: str, slots: range) -> tuple[Any, ...]:
+        """Range ops: claims in ``slots`` (count), then the highest of them (limit 1)."""
+        key, end = self._index_range(pool, slots)
+        return (_range(key, end, count_only=True), _range(key, end, keys_only=True, limit=1))
+
+    def _highest(self, pool: str, resp: Any) -> int | None:
+        kvs = resp.response_range.kvs
+        if not kvs:
+            return None
+        return INDEX_TOP - int(kvs[0].key[len(self._index_prefix(pool)) :])
+
+    def _own(self, pool: str, slots: range, node_id: str, resp: Any) -> tuple[Claim, ...]:
+        prefix = self._ids_prefix(pool, node_id)
+        own = []
+        for kv in resp.response_range.kvs:
+            slot = parse_slot(kv.key, prefix)
+            claim = self._claim_of(pool, slot, kv) if slot is not None and slot in slots else None
+            if claim is not None and claim.record.node_id == node_id:
+                own.append(claim)
+        return tuple(sorted(own, key=lambda c: c.slot))
+
+    def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
+        lease = self._write_lease()
+        queue_prefix = self._queue_prefix(pool)
+        key = queue_prefix + session_name(lease).encode()
+        ids = self._ids_prefix(pool, node_id)
+        no_claim = rpc.Compare(
+            key=ids,
+            range_end=prefix_end(ids),
+            target=rpc.Compare.CREATE,
+            result=rpc.Compare.EQUAL,
+            create_revision=0,
+        )  # holds for an empty range: this identity holds no claim
+        txn = rpc.TxnRequest(
+            compare=[no_claim] if sticky else [],
+            # Counted before our put, the queue holds exactly the nodes ahead of us.
+            success=[
+                _range(queue_prefix, prefix_end(queue_prefix), count_only=True),
+                *self._counts(pool, slots),
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=key, value=node_id.encode(), lease=lease, prev_kv=True
+                    )
+                ),
+            ],
+            failure=[_range(ids, prefix_end(ids))],
+        )
+        # Retrying on another endpoint is safe: an applied first attempt shows as prev_kv.
+        resp = self._txn("enqueue", txn, lease, retry=True)
+        revision = int(resp.header.revision)
+        if not resp.succeeded:
+            own = self._own(pool, slots, node_id, resp.responses[0])
+            return Position(pool, slots, None, 0, 0, None, None, own, revision)
+        put = resp.responses[3].response_put
+        if put.HasField("prev_kv"):
+            # Already queued (a retried request, or a second round): keep the old place.
+            old = Ticket(pool, int(put.prev_kv.create_revision), key.decode(), session_name(lease))
+            return self.position(old, slots, node_id)
+        ticket = Ticket(pool, revision, key.decode(), session_name(lease))
+        count, top = resp.responses[1], resp.responses[2]
+        taken = int(count.response_range.count)
+        highest = self._highest(pool, top)
+        ahead = int(resp.responses[0].response_range.count)
+        return Position(pool, slots, ticket, ahead, taken, highest, None, (), revision)
+
+    def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
+        pool = ticket.pool
+        queue_prefix = self._queue_prefix(pool)
+        ids = self._ids_prefix(pool, node_id)
+        ops = [
+            # count_only would ignore max_create_revision (etcd 3.4): read the keys ahead.
+            _range(
+                queue_prefix,
+                prefix_end(queue_prefix),
+                keys_only=True,
+                max_create_revision=ticket.order - 1,
+            ),
+            _range(ticket.key.encode(), keys_only=True),
+            *self._counts(pool, slots),
+            _range(ids, prefix_end(ids)),
+        ]
+        if exact:
+            ops.append(_range(*self._index_range(pool, slots), keys_only=True))
+        resp = self._txn("position", rpc.TxnRequest(success=ops), None, retry=True)
+        mine = resp.responses[1].response_range.kvs
+        queued = ticket if mine and int(mine[0].create_revision) == ticket.order else None
+        highest = self._highest(pool, resp.responses[3])
+        free = self._free_below(pool, highest, slots, resp.responses[5]) if exact else None
+        return Position(
+            pool,
+            slots,
+            queued,
+            len(resp.responses[0].response_range.kvs),
+            int(resp.responses[2].response_range.count),
+            highest,
+            free,
+            self._own(pool, slots, node_id, resp.responses[4]),
+            int(resp.header.revision),
+        )
+
+    def _free_below(
+        self, pool: str, highest: int | None, slots: range, resp: Any
+    ) -> tuple[int, ...]:
+        if highest is None:
+            return ()
+        prefix = self._index_prefix(pool)
+        taken = {INDEX_TOP - int(kv.key[len(prefix) :]) for kv in resp.response_range.kvs}
+        return tuple(s for s in range(slots.start, highest) if s not in taken)
+
+    def dequeue(self, ticket: Ticket) -> None:
+        key = ticket.key.encode()
+        txn = rpc.TxnRequest(
+            # Only our entry: a later entry at this key would be another place in line.
+            compare=[
+                rpc.Compare(
+                    key=key,
+                    target=rpc.Compare.CREATE,
+                    result=rpc.Compare.EQUAL,
+                    create_revision=ticket.order,
+                )
+            ],
+            success=[_delete(key)],
+        )
+        self._txn("dequeue", txn, None, retry=True)
 
     # -- watch ---------------------------------------------------------------------------
 
@@ -734,6 +928,19 @@ class EtcdStore(SlotStore):
         except grpc.RpcError as e:
             raise translate(e, "watch check", conn.endpoint.url) from e
         return len(resp.kvs) > 0
+
+
+def _delete(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def _range(key: bytes, end: bytes | None = None, **options: Any) -> Any:
+    req = (
+        rpc.RangeRequest(key=key, **options)
+        if end is None
+        else rpc.RangeRequest(key=key, range_end=end, **options)
+    )
+    return rpc.RequestOp(request_range=req)
 
 
 def _put(key: bytes, record: SlotRecord, lease: int) -> Any:

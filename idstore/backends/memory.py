@@ -28,10 +28,13 @@ from idstore.backends.base import (
     EventsCallback,
     EventType,
     Listing,
+    Position,
     SlotEvent,
     SlotRecord,
     SlotStore,
     StoreOptions,
+    Ticket,
+    position_of,
 )
 from idstore.errors import NotOwner, SessionLost, SlotTaken, StoreUnavailable
 
@@ -93,7 +96,10 @@ class MemoryServer:
         self.sessions: dict[str, _Session] = {}
         self.watches: list[_Watch] = []
         self.history: deque[SlotEvent] = deque(maxlen=_HISTORY)
+        # Waiting queues: pool -> session -> ticket; an entry leaves with its session.
+        self.queues: dict[str, dict[str, Ticket]] = {}
         self._ids = itertools.count(1)
+        self._tickets = itertools.count(1)
         reaper = threading.Thread(target=self._reap_forever, name="memory-reaper", daemon=True)
         reaper.start()
 
@@ -132,8 +138,34 @@ class MemoryServer:
             del self.slots[(pool, slot)]
             self._notify(SlotEvent(EventType.DELETE, pool, slot, None, self.revision))
 
+    def enqueue(self, pool: str, sid: str) -> Ticket:
+        with self.lock:
+            if sid not in self.sessions:
+                raise SessionLost(f"session {sid} has expired")
+            line = self.queues.setdefault(pool, {})
+            if sid not in line:  # joining again keeps the first place in line
+                line[sid] = Ticket(pool, next(self._tickets), sid, sid)
+            return line[sid]
+
+    def dequeue(self, ticket: Ticket) -> None:
+        with self.lock:
+            line = self.queues.get(ticket.pool, {})
+            if line.get(ticket.key) == ticket:
+                del line[ticket.key]
+
+    def position(self, ticket: Ticket | None, pool: str, slots: range, node_id: str) -> Position:
+        with self.lock:
+            line = self.queues.get(pool, {})
+            queued = ticket if ticket is not None and line.get(ticket.key) == ticket else None
+            ahead = sum(1 for t in line.values() if queued is not None and t.order < queued.order)
+            claims = {s: c for (p, s), c in self.slots.items() if p == pool and s in slots}
+            own = tuple(c for _, c in sorted(claims.items()) if c.record.node_id == node_id)
+            return position_of(pool, slots, queued, ahead, claims, self.revision, own)
+
     def _expire(self, sid: str) -> None:
         self.sessions.pop(sid, None)
+        for line in self.queues.values():
+            line.pop(sid, None)
         for (pool, slot), claim in list(self.slots.items()):
             if claim.session == sid:
                 self.delete(pool, slot)
@@ -201,7 +233,9 @@ class MemoryStore(SlotStore):
             raise StoreUnavailable("memory store is not open")
         return self._sid
 
-    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+    def claim(
+        self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
+    ) -> Claim:
         self._count()
         sid = self._live_sid()
         with self._server.lock:
@@ -210,7 +244,29 @@ class MemoryStore(SlotStore):
                 if held.session == sid and held.record.same_boot(record):
                     return held
                 raise SlotTaken(pool, slot, held)
-            return self._server.put(pool, slot, record, sid)
+            claim = self._server.put(pool, slot, record, sid)
+            if ticket is not None:  # under the same lock: one atomic step
+                self._server.dequeue(ticket)
+            return claim
+
+    def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
+        self._count()
+        sid = self._live_sid()
+        with self._server.lock:
+            if sticky:
+                seen = self._server.position(None, pool, slots, node_id)
+                if seen.own:
+                    return seen
+            ticket = self._server.enqueue(pool, sid)
+            return self._server.position(ticket, pool, slots, node_id)
+
+    def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
+        self._count()
+        return self._server.position(ticket, ticket.pool, slots, node_id)
+
+    def dequeue(self, ticket: Ticket) -> None:
+        self._count()
+        self._server.dequeue(ticket)
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
         self._count()

@@ -16,6 +16,19 @@ the one read or none at all: the delete can only hit the claim the caller meant.
 Deletions need no bump: a slot deleted in between makes the delete fail with NoNode.
 Only idstore may create znodes in a pool (the ACL enforces it when credentials are set).
 
+Waiting queue and identity markers. Two more kinds of ephemeral children live in the
+pool znode, so that one get_children (names only: cheap) shows a starting node the whole
+picture — claimed slots, who waits before it, and whether its identity holds a claim:
+
+- ``q<h>-<sequence>``: a waiting node's entry (sequential: its sequence is its ticket);
+- ``i<h>.<slot>``: created in the claim's transaction, so it lives and dies with the
+  claim (same session, same czxid); a restarted node finds its old slot by name.
+
+``<h>`` is a 16-hex-digit hash of the node identity (names stay short; a collision only
+costs a read). They are not at slot paths, so they need no pool-version bump: the fence
+only guards the znode at a slot's path. A waiting entry whose identity has a marker
+belongs to a node that will take its old slot back: nobody counts it as ahead of them.
+
 Session states. kazoo reports SUSPENDED on a lost connection but learns of expiry only
 after it reconnects, while the server expires the session a session timeout after it
 last heard from us and may hand our slot to another node. Like Curator, this backend
@@ -32,6 +45,7 @@ each like every backend; ``wire_requests`` counts the ZooKeeper requests they se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -70,10 +84,13 @@ from idstore.backends.base import (
     EventsCallback,
     EventType,
     Listing,
+    Position,
     SlotEvent,
     SlotRecord,
     SlotStore,
     StoreOptions,
+    Ticket,
+    position_of,
 )
 from idstore.errors import (
     NotOwner,
@@ -141,6 +158,19 @@ def _session_of(client: KazooClient) -> str:
     """The client's current session id as idstore shows it (hex, like ephemeralOwner)."""
     client_id = client.client_id
     return f"{int(client_id[0]):x}" if client_id else ""
+
+
+def _identity(node_id: str) -> str:
+    """The short stand-in for a node identity in queue and marker names."""
+    return hashlib.sha256(node_id.encode()).hexdigest()[:16]
+
+
+def _failed_op(results: Sequence[Any]) -> int | None:
+    """Index of the operation that failed a transaction (kazoo marks the others)."""
+    for i, r in enumerate(results):
+        if isinstance(r, Exception) and not isinstance(r, RolledBackError):
+            return i
+    return None
 
 
 def _raise_first_failure(results: Sequence[Any]) -> None:
@@ -542,39 +572,91 @@ class ZooKeeperStore(SlotStore):
             return None
         return self._claim_of(pool, slot, data, stat)
 
+    def _marker_path(self, pool: str, node_id: str, slot: int) -> str:
+        return f"{self._pool_path(pool)}/i{_identity(node_id)}.{slot}"
+
     def _create_slot(
-        self, client: KazooClient, pool: str, slot: int, record: SlotRecord, fence: int | None
+        self,
+        client: KazooClient,
+        pool: str,
+        slot: int,
+        record: SlotRecord,
+        fence: int | None,
+        ticket: Ticket | None = None,
     ) -> Claim:
-        """One transaction: [check pool version,] [delete slot,] create slot, bump pool.
+        """One transaction: [check pool version, delete slot, delete our old marker,]
+        create slot and marker, [leave the queue,] bump pool.
 
         ``fence`` given: the slot is replaced only if no slot was created in the pool
-        since the pool version ``fence`` was read.
+        since the pool version ``fence`` was read. The marker and queue steps adapt to
+        what is there (claims by older versions have no marker; a queue entry may be
+        gone): a failure of those alone is retried without them.
         """
+        old_marker = fence is not None  # a take-back replaces the earlier boot's marker
+        for _ in range(4):
+            results, steps = self._commit_claim(
+                client, pool, slot, record, fence, ticket, old_marker
+            )
+            failed = _failed_op(results)
+            if failed is None:
+                # Everything in one transaction shares its zxid: the pool's new mzxid is
+                # the slot's czxid, so no extra read is needed.
+                return Claim(pool, slot, record, int(results[-1].mzxid), _session_of(client))
+            step, error = steps[failed], results[failed]
+            if step == "old-marker" and isinstance(error, NoNodeError):
+                old_marker = False
+            elif step == "marker" and isinstance(error, NodeExistsError):
+                old_marker = True  # a stale marker of ours: replace it
+            elif step == "ticket" and isinstance(error, NoNodeError):
+                ticket = None  # no longer queued: the claim stands on its own
+            else:
+                raise error
+        raise StoreError(f"claim {pool}/{slot}: the pool kept changing; giving up")
+
+    def _commit_claim(
+        self,
+        client: KazooClient,
+        pool: str,
+        slot: int,
+        record: SlotRecord,
+        fence: int | None,
+        ticket: Ticket | None,
+        old_marker: bool,
+    ) -> tuple[Sequence[Any], list[str]]:
         pool_path, path = self._pool_path(pool), self._slot_path(pool, slot)
+        marker = self._marker_path(pool, record.node_id, slot)
         tx = client.transaction()
+        steps: list[str] = []
         if fence is not None:
             tx.check(pool_path, fence)
             tx.delete(path)
+            steps += ["fence", "slot"]
+        if old_marker:
+            tx.delete(marker)
+            steps.append("old-marker")
         tx.create(path, record.encode(), acl=self._acl, ephemeral=True)
+        tx.create(marker, b"", acl=self._acl, ephemeral=True)
+        steps += ["slot", "marker"]
+        if ticket is not None:
+            tx.delete(ticket.key)
+            steps.append("ticket")
         tx.set_data(pool_path, b"")
+        steps.append("pool")
         self._send()
-        results = self._wait(tx.commit_async())
-        _raise_first_failure(results)
-        pool_stat = results[-1]
-        # Everything in one transaction shares its zxid: the pool's new mzxid is the
-        # slot's czxid, so no extra read is needed.
-        return Claim(pool, slot, record, int(pool_stat.mzxid), _session_of(client))
+        return self._wait(tx.commit_async()), steps
 
     # -- slots -----------------------------------------------------------------------
 
-    def claim(self, pool: str, slot: int, record: SlotRecord) -> Claim:
+    def claim(
+        self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
+    ) -> Claim:
         self._count()
         what = f"claim {pool}/{slot}"
         client = self._require_connected(what)
         with self._translated(what):
             for _ in range(5):
                 try:
-                    return self._create_slot(client, pool, slot, record, None)
+                    return self._create_slot(client, pool, slot, record, None, ticket)
                 except NoNodeError:
                     self._known_pools.discard(pool)
                     self._ensure_pool(client, pool)
@@ -653,16 +735,24 @@ class ZooKeeperStore(SlotStore):
             fence, current = self._fence_and_read(client, pool, slot)
             if current is None or int(current[1].czxid) != claim.version:
                 return False
-            tx = client.transaction()
-            tx.check(self._pool_path(pool), fence)
-            tx.delete(self._slot_path(pool, slot))
-            self._send()
-            results = self._wait(tx.commit_async())
-            try:
-                _raise_first_failure(results)
-            except NoNodeError:
-                return False
-            return True
+            marker = self._marker_path(pool, claim.record.node_id, slot)
+            for with_marker in (True, False):  # claims by older versions have no marker
+                tx = client.transaction()
+                tx.check(self._pool_path(pool), fence)
+                tx.delete(self._slot_path(pool, slot))
+                if with_marker:
+                    tx.delete(marker)
+                self._send()
+                results = self._wait(tx.commit_async())
+                failed = _failed_op(results)
+                if failed == 2 and isinstance(results[2], NoNodeError):
+                    continue
+                try:
+                    _raise_first_failure(results)
+                except NoNodeError:
+                    return False
+                return True
+            return False
 
         with self._translated(what):
             result = self._retry_fenced(what, attempt)
@@ -684,6 +774,100 @@ class ZooKeeperStore(SlotStore):
             claims = self._fetch(client, pool, names, None)
         revision = max([int(pool_stat.pzxid), *(c.version for c in claims.values())])
         return Listing(pool, {s: c for s, c in claims.items() if c is not None}, revision)
+
+    # -- waiting queue ---------------------------------------------------------------
+
+    def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
+        # Never skips queueing: ZooKeeper cannot make a create depend on a read. A node
+        # with an old claim leaves the queue again, and nobody counted it (see above).
+        self._count()
+        what = f"enqueue {pool}"
+        client = self._require_connected(what)
+        entry = f"{self._pool_path(pool)}/q{_identity(node_id)}-"
+        pool_path = self._pool_path(pool)
+        with self._translated(what):
+            for attempt in range(3):
+                # Pipelined; one session's requests are served in order, so the listing
+                # already holds our entry and every older one. After a NoNode the pool
+                # znode is created in the same round trip (a new pool: the whole herd
+                # meets it missing, and most of them find it made by then).
+                make_pool = client.create_async(pool_path, b"", acl=self._acl) if attempt else None
+                create = client.create_async(
+                    entry, b"", acl=self._acl, ephemeral=True, sequence=True
+                )
+                children = client.get_children_async(pool_path, include_data=True)
+                self._send(3 if attempt else 2)
+                if make_pool is not None:
+                    with contextlib.suppress(NodeExistsError, NoNodeError):
+                        self._wait(make_pool)
+                try:
+                    path = self._wait(create)
+                except NoNodeError:
+                    with contextlib.suppress(NoNodeError):
+                        self._wait(children)
+                    if attempt:  # its parents are missing too: a brand-new store
+                        self._known_pools.discard(pool)
+                        self._ensure_pool(client, pool)
+                    continue
+                ticket = Ticket(pool, int(path[-10:]), path, _session_of(client))
+                names, stat = self._wait(children)
+                return self._position_of(client, ticket, names, stat, slots, node_id)
+        raise StoreError(f"{what}: the pool kept vanishing")
+
+    def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
+        # Names are cheap: always exact.
+        self._count()
+        what = f"position {ticket.pool}"
+        client = self._live_client(what)
+        with self._translated(what):
+            self._send()
+            names, stat = self._wait(
+                client.get_children_async(self._pool_path(ticket.pool), include_data=True)
+            )
+            return self._position_of(client, ticket, names, stat, slots, node_id)
+
+    def dequeue(self, ticket: Ticket) -> None:
+        self._count()
+        what = f"dequeue {ticket.pool}"
+        client = self._live_client(what)
+        with self._translated(what), contextlib.suppress(NoNodeError):
+            self._send()
+            self._wait(client.delete_async(ticket.key))
+
+    def _position_of(
+        self,
+        client: KazooClient,
+        ticket: Ticket,
+        names: Sequence[str],
+        stat: ZnodeStat,
+        slots: range,
+        node_id: str,
+    ) -> Position:
+        """Read a pool's children: slots, waiting entries, identity markers."""
+        me = _identity(node_id)
+        taken: list[int] = []
+        waiting: list[str] = []
+        marked: set[str] = set()
+        mine: set[int] = set()
+        for name in names:
+            kind = name[:1]
+            if kind == "q":
+                waiting.append(name)
+            elif kind == "i":
+                who, _, slot = name[1:].partition(".")
+                marked.add(who)
+                if who == me and slot.isdigit():
+                    mine.add(int(slot))
+            elif (s := _slot_of(name)) is not None:
+                taken.append(s)
+        entry = ticket.key.rsplit("/", 1)[-1]
+        seq = entry[-10:]  # fixed width: string order is numeric order
+        queued = ticket if entry in waiting else None
+        # Nodes with a marker take their old slot back: they are nobody's "ahead".
+        ahead = sum(1 for q in waiting if q[-10:] < seq and q[1:17] not in marked)
+        own = self._fetch(client, ticket.pool, {s for s in mine if s in slots}, None)
+        ours = tuple(c for _, c in sorted(own.items()) if c.record.node_id == node_id)
+        return position_of(ticket.pool, slots, queued, ahead, taken, int(stat.pzxid), ours)
 
     def _fetch(
         self,

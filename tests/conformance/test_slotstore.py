@@ -277,3 +277,86 @@ def test_ops_are_counted(open_store: Factory) -> None:
     store.claim(POOL, 0, record())
     store.list(POOL)
     assert store.ops - before == 2
+
+
+# -- waiting queue (boot storms) ------------------------------------------------------
+
+SLOTS = range(0, 10)
+
+
+def test_enqueue_serves_nodes_in_arrival_order(open_store: Factory) -> None:
+    stores = [open_store() for _ in range(3)]
+    seen = [s.enqueue(POOL, SLOTS, f"n{i}") for i, s in enumerate(stores)]
+    assert [p.ahead for p in seen] == [0, 1, 2]
+    tickets = [p.ticket for p in seen]
+    assert all(t is not None for t in tickets)
+    orders = [t.order for t in tickets if t is not None]
+    assert orders == sorted(orders) and len(set(orders)) == 3
+    assert [t.session for t in tickets if t is not None] == [s.session_id for s in stores]
+    assert all(p.taken == 0 and p.highest is None and p.own == () for p in seen)
+
+
+def test_claim_with_ticket_leaves_the_queue_in_the_same_step(open_store: Factory) -> None:
+    a, b = open_store(), open_store()
+    first, second = a.enqueue(POOL, SLOTS, "a"), b.enqueue(POOL, SLOTS, "b")
+    assert first.ticket is not None and second.ticket is not None
+    claim = a.claim(POOL, 0, record("a"), ticket=first.ticket)
+    assert claim.slot == 0 and claim.session == a.session_id
+    now = b.position(second.ticket, SLOTS, "b")
+    assert (now.ahead, now.taken, now.highest, now.ticket) == (0, 1, 0, second.ticket)
+    assert a.position(first.ticket, SLOTS, "a").ticket is None, "a left the queue"
+
+
+def test_position_counts_claims_in_the_range_only(open_store: Factory) -> None:
+    a, b = open_store(), open_store()
+    for slot in (0, 2, 5, 12):  # 12 is outside SLOTS
+        a.claim(POOL, slot, record(f"x{slot}"))
+    pos = b.enqueue(POOL, SLOTS, "b")
+    assert (pos.taken, pos.highest, pos.ahead) == (3, 5, 0)
+    assert pos.ticket is not None
+    exact = b.position(pos.ticket, SLOTS, "b", exact=True)
+    assert exact.free_below == (1, 3, 4)
+    assert b.enqueue(POOL, range(6, 10), "b").highest is None
+
+
+def test_queue_entry_leaves_with_its_session(open_store: Factory) -> None:
+    a, b = open_store(), open_store()
+    a.enqueue(POOL, SLOTS, "a")
+    pos = b.enqueue(POOL, SLOTS, "b")
+    assert pos.ahead == 1 and pos.ticket is not None
+    ticket = pos.ticket
+    a.close(release=True)
+    wait_for(lambda: b.position(ticket, SLOTS, "b").ahead == 0, 5.0, "a's entry gone")
+
+
+def test_dequeue_gives_up_the_place(open_store: Factory) -> None:
+    a, b = open_store(), open_store()
+    first = a.enqueue(POOL, SLOTS, "a")
+    second = b.enqueue(POOL, SLOTS, "b")
+    assert first.ticket is not None and second.ticket is not None
+    a.dequeue(first.ticket)
+    assert b.position(second.ticket, SLOTS, "b").ahead == 0
+    assert a.position(first.ticket, SLOTS, "a").ticket is None
+
+
+def test_enqueue_reports_the_identity_s_claim_for_sticky_restart(open_store: Factory) -> None:
+    old = open_store(ttl=SHORT_TTL)
+    held = old.claim(POOL, 3, record("same", "boot1"))
+    old.close(release=False)  # crash: the claim lingers under the dead session
+    new, other = open_store(), open_store()
+    pos = new.enqueue(POOL, SLOTS, "same")
+    assert [(c.slot, c.version, c.record.nonce) for c in pos.own] == [(3, held.version, "boot1")]
+    taken = new.reclaim(pos.own[0], record("same", "boot2"))
+    assert taken.session == new.session_id
+    assert other.enqueue(POOL, SLOTS, "other").own == ()
+    # The index moved with the claim: a later boot finds the new one.
+    later = other.enqueue(POOL, SLOTS, "same", sticky=True).own
+    assert [(c.slot, c.version) for c in later] == [(3, taken.version)]
+
+
+def test_release_removes_the_claim_from_positions(open_store: Factory) -> None:
+    a, b = open_store(), open_store()
+    claim = a.claim(POOL, 4, record("a"))
+    assert a.release(claim) is True
+    pos = b.enqueue(POOL, SLOTS, "a")
+    assert (pos.taken, pos.highest, pos.own) == (0, None, ())

@@ -1,0 +1,430 @@
+"""Boot storm (issue 5): N nodes start at the same moment; how do they get their IDs?
+
+Every simulated node is a thread with its own store client and its own lease or session,
+as a real node has. The threads are released together by a barrier; opening the session
+is part of the measured start (session set-up is a store request too). Two algorithms:
+
+- ``idstore``: idstore's real ``Allocator.acquire`` round on the real backend code
+  (waiting queue, place in line -> slot, one claim transaction);
+- ``idetcd``: the predecessor's linear probing, as the field notes describe it: for
+  id = first.. : get(id); the first missing one -> grant a lease + put (etcd: no
+  transaction, so two nodes can both "win" one id; ZooKeeper: exists, then create of an
+  ephemeral znode, the next id when the create finds it taken).
+
+Prints one JSON line per algorithm with ``backend``, ``algorithm``, ``nodes``,
+``wall_s``, ``store_ops_total``, ``ops_per_node_mean``, ``ops_per_node_max``,
+``duplicates``, ``dense`` (and extras), then one with ``speedup`` = idetcd wall /
+idstore wall. Store operations are every request a node sends, keepalives/pings
+excluded: ``SlotStore.ops`` on etcd, ``ZooKeeperStore.wire_requests`` on ZooKeeper.
+
+Without ``--endpoints`` it starts its own store with the test harness (run it from the
+repository root). The baseline is O(N^2) requests (~200 s for 1000 nodes): past
+``--baseline-max-s`` it stops and extrapolates from the requests it managed, and says so
+(``"extrapolated": true``).
+
+Usage::
+
+    python benchmarks/alloc_storm.py --backend etcd|zookeeper --nodes N
+        [--endpoints URL ...] [--no-baseline] [--repeat K] [--baseline-max-s S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Before anything imports protobuf: etcd3's generated code needs the pure-Python one.
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+from idstore import backends  # noqa: E402
+from idstore.allocator import Allocator  # noqa: E402
+from idstore.backends.base import SlotRecord, SlotStore, StoreOptions  # noqa: E402
+from idstore.config import PoolSettings  # noqa: E402
+from idstore.pattern import Pattern  # noqa: E402
+
+POOL = "worker"
+PATTERN = "worker{{.ID}}.storm.local."
+MAX_NODES = 5000  # threads, sockets and sessions of one process: keep it sane
+THREAD_STACK = 512 * 1024  # thousands of threads: small stacks
+
+
+@dataclass
+class Outcome:
+    """What one node ended with."""
+
+    slot: int | None = None
+    ops: int = 0
+    done_at: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Run:
+    backend: str
+    algorithm: str
+    nodes: int
+    first: int
+    outcomes: list[Outcome]
+    wall_s: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        slots = [o.slot for o in self.outcomes if o.slot is not None]
+        ops = [o.ops for o in self.outcomes]
+        errors = [o.error for o in self.outcomes if o.error]
+        return {
+            "backend": self.backend,
+            "algorithm": self.algorithm,
+            "nodes": self.nodes,
+            "wall_s": round(self.wall_s, 3),
+            "store_ops_total": sum(ops),
+            "ops_per_node_mean": round(sum(ops) / len(ops), 3),
+            "ops_per_node_max": max(ops),
+            "duplicates": len(slots) - len(set(slots)),
+            "dense": sorted(slots) == list(range(self.first, self.first + self.nodes)),
+            "nodes_without_id": len(self.outcomes) - len(slots),
+            **({"errors": sorted(set(errors))[:5]} if errors else {}),
+            **self.extras,
+            "loadavg": loadavg(),
+        }
+
+
+def loadavg() -> list[float]:
+    with contextlib.suppress(OSError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return []
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def storm(n: int, node: Callable[[int], Outcome], deadline_s: float) -> tuple[list[Outcome], float]:
+    """Run ``node(i)`` on n threads released together; (outcomes, wall seconds).
+
+    The wall time runs from the barrier's release to the last node holding its ID.
+    """
+    outcomes = [Outcome() for _ in range(n)]
+    barrier = threading.Barrier(n + 1, timeout=deadline_s)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            outcomes[i].error = "barrier broken"
+            return
+        try:
+            outcomes[i] = node(i)
+        except Exception as e:  # a node's failure is a figure, not a crash of the benchmark
+            outcomes[i] = Outcome(error=f"{type(e).__name__}: {e}"[:200])
+        outcomes[i].done_at = time.monotonic()
+
+    threading.stack_size(THREAD_STACK)
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.monotonic()
+    for t in threads:
+        t.join(max(0.0, start + deadline_s - time.monotonic()))
+    ends = [o.done_at for o in outcomes if o.done_at]
+    return outcomes, (max(ends) if ends else time.monotonic()) - start
+
+
+# ----------------------------------------------------------------------------- idstore
+
+
+def options_for(endpoints: Sequence[str], cluster: str) -> StoreOptions:
+    # A long TTL and patient timeouts: the benchmark measures the algorithm, not how a
+    # starved machine expires sessions.
+    return StoreOptions(
+        endpoints=tuple(endpoints),
+        ttl=30.0,
+        cluster=cluster,
+        request_timeout=30.0,
+        connect_timeout=60.0,
+    )
+
+
+def requests_of(store: SlotStore) -> int:
+    """Every request the node sent: ZooKeeper's idstore ops can hide several requests."""
+    return int(getattr(store, "wire_requests", store.ops))
+
+
+def run_idstore(backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float) -> Run:
+    options = options_for(endpoints, f"storm{uuid.uuid4().hex[:8]}")
+    pool = PoolSettings(POOL, Pattern.parse(PATTERN), limit=n, first=first)
+    stores = [backends.create(backend, options) for _ in range(n)]
+    attempts = [0] * n
+
+    def node(i: int) -> Outcome:
+        store = stores[i]
+        store.open()
+        alloc = Allocator(store, pool, SlotRecord(f"node-{i}", uuid.uuid4().hex, ("192.0.2.1",)))
+        claim = None
+        give_up = time.monotonic() + timeout
+        while claim is None and time.monotonic() < give_up:
+            claim = alloc.acquire()  # None only while the pool is full: not in a storm
+        attempts[i] = alloc.claim_attempts
+        return Outcome(claim.slot if claim else None, requests_of(store))
+
+    try:
+        outcomes, wall = storm(n, node, timeout)
+    finally:
+        close_all(stores)
+    return Run(
+        backend,
+        "idstore",
+        n,
+        first,
+        outcomes,
+        wall,
+        {
+            "claim_attempts_total": sum(attempts),
+            "lost_races": sum(attempts) - sum(1 for o in outcomes if o.slot is not None),
+        },
+    )
+
+
+def close_all(stores: Sequence[SlotStore]) -> None:
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        list(ex.map(lambda s: _quiet_close(s), stores))
+
+
+def _quiet_close(store: SlotStore) -> None:
+    with contextlib.suppress(Exception):
+        store.close(release=True)
+
+
+# ------------------------------------------------------------------------------ idetcd
+
+
+class Probe:
+    """One idetcd node's store client; counts its requests."""
+
+    def __init__(self) -> None:
+        self.ops = 0
+
+    def start(self) -> None: ...
+
+    def missing(self, slot: int) -> bool:
+        raise NotImplementedError
+
+    def take(self, slot: int) -> bool:
+        """Write the claim; False when the store refused it (ZooKeeper: already there)."""
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+class EtcdProbe(Probe):
+    def __init__(self, endpoint: str, prefix: str) -> None:
+        import grpc
+
+        from idstore.backends.etcd import parse_endpoint, rpc
+
+        super().__init__()
+        self._rpc = rpc
+        self._channel = grpc.insecure_channel(parse_endpoint(endpoint).target)
+        self._kv = rpc.KVStub(self._channel)
+        self._lease = rpc.LeaseStub(self._channel)
+        self._prefix = prefix
+
+    def missing(self, slot: int) -> bool:
+        self.ops += 1
+        resp = self._kv.Range(self._rpc.RangeRequest(key=self._key(slot)), timeout=30)
+        return not resp.kvs
+
+    def take(self, slot: int) -> bool:
+        # idetcd: Grant(20 s) + Put, no compare: a concurrent winner is overwritten.
+        self.ops += 2
+        lease = self._lease.LeaseGrant(self._rpc.LeaseGrantRequest(TTL=20), timeout=30)
+        put = self._rpc.PutRequest(key=self._key(slot), value=b"{}", lease=lease.ID)
+        self._kv.Put(put, timeout=30)
+        return True
+
+    def _key(self, slot: int) -> bytes:
+        return f"{self._prefix}/{slot}".encode()
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class ZkProbe(Probe):
+    def __init__(self, hosts: str, path: str) -> None:
+        from kazoo.client import KazooClient
+
+        super().__init__()
+        self._client = KazooClient(hosts=hosts, timeout=30.0)
+        self._path = path
+
+    def start(self) -> None:
+        self.ops += 1  # the session, as idstore's open() counts it
+        self._client.start(timeout=60)
+
+    def missing(self, slot: int) -> bool:
+        self.ops += 1
+        return self._client.exists(f"{self._path}/{slot}") is None
+
+    def take(self, slot: int) -> bool:
+        from kazoo.exceptions import NodeExistsError
+
+        self.ops += 1
+        try:
+            self._client.create(f"{self._path}/{slot}", b"{}", ephemeral=True)
+        except NodeExistsError:
+            return False  # ZooKeeper refuses the second create: probe on
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.stop()
+            self._client.close()
+
+
+def run_idetcd(
+    backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float, max_s: float
+) -> Run:
+    cluster = f"idetcd{uuid.uuid4().hex[:8]}"
+    base = f"/idetcd/{cluster}/{POOL}"
+    if backend == "zookeeper":
+        hosts = ",".join(e.split("://")[-1] for e in endpoints)
+        from kazoo.client import KazooClient
+
+        setup = KazooClient(hosts=hosts)
+        setup.start(timeout=30)
+        setup.ensure_path(base)  # the parent exists before the storm (not counted)
+        setup.stop()
+        setup.close()
+        probes: list[Probe] = [ZkProbe(hosts, base) for _ in range(n)]
+    else:
+        probes = [EtcdProbe(endpoints[0], base) for _ in range(n)]
+    stop = threading.Event()
+
+    def node(i: int) -> Outcome:
+        probe = probes[i]
+        probe.start()
+        for slot in range(first, first + n):
+            if stop.is_set():
+                return Outcome(None, probe.ops, error="stopped at the time cap")
+            if probe.missing(slot) and probe.take(slot):
+                return Outcome(slot, probe.ops)
+        return Outcome(None, probe.ops, error="no free id")
+
+    timer = threading.Timer(max_s, stop.set)
+    timer.start()
+    try:
+        outcomes, wall = storm(n, node, timeout + max_s)
+    finally:
+        timer.cancel()
+        for p in probes:
+            p.close()
+    run = Run(backend, "idetcd", n, first, outcomes, wall)
+    if stop.is_set():
+        extrapolate(run)
+    return run
+
+
+def extrapolate(run: Run) -> None:
+    """The run hit the time cap: scale its wall time to the requests a full run needs.
+
+    Linear probing without losses costs node k (k = 1..N, by the ID it ends with) k gets
+    plus the claim's requests, so N(N+1)/2 gets in all; the measured request rate is
+    assumed to hold for the rest (it falls as the pool fills, so this is optimistic).
+    """
+    n = run.nodes
+    done = sum(o.ops for o in run.outcomes)
+    per_claim = 2 if run.backend == "etcd" else 2  # etcd: grant + put; ZooKeeper: session + create
+    total = n * (n + 1) // 2 + per_claim * n
+    run.extras.update(
+        {
+            "extrapolated": True,
+            "measured_wall_s": round(run.wall_s, 3),
+            "measured_ops": done,
+            "model_ops_total": total,
+        }
+    )
+    run.wall_s = run.wall_s * total / max(done, 1)
+    for o in run.outcomes:  # report the model's counts, labelled as such
+        o.ops = 0
+    run.outcomes[0].ops = total
+    run.extras["note"] = "counts and wall time of the full run are extrapolated from the cap"
+
+
+# -------------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def store_endpoints(backend: str, given: Sequence[str]) -> Iterator[Sequence[str]]:
+    if given:
+        yield given
+        return
+    if backend == "etcd":
+        from tests.harness.etcd_server import EtcdServer
+
+        with EtcdServer() as etcd:
+            yield etcd.endpoints
+    else:
+        from tests.harness.zk_server import ZooKeeperServer
+
+        with ZooKeeperServer() as zk:
+            yield zk.endpoints
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--backend", choices=("etcd", "zookeeper"), required=True)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--endpoints", nargs="*", default=[])
+    ap.add_argument("--first", type=int, default=1, help="first ID (idetcd's was 1)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip idetcd's linear probing")
+    ap.add_argument("--repeat", type=int, default=1, help="idstore runs; the quietest is shown")
+    ap.add_argument("--timeout", type=float, default=120.0, help="idstore: seconds per run")
+    ap.add_argument("--baseline-max-s", type=float, default=300.0,
+                    help="stop the baseline after this long and extrapolate")  # fmt: skip
+    args = ap.parse_args()
+    if not 1 <= args.nodes <= MAX_NODES:
+        ap.error(f"--nodes must be between 1 and {MAX_NODES}")
+    logging.basicConfig(level=logging.ERROR)
+
+    with store_endpoints(args.backend, args.endpoints) as endpoints:
+        runs = [
+            run_idstore(args.backend, endpoints, args.nodes, args.first, args.timeout)
+            for _ in range(max(1, args.repeat))
+        ]
+        best = min(runs, key=lambda r: r.wall_s)
+        best.extras["wall_s_runs"] = [round(r.wall_s, 3) for r in runs]
+        ours = best.figures()
+        emit(ours)
+        if args.no_baseline:
+            return
+        base = run_idetcd(
+            args.backend, endpoints, args.nodes, args.first, args.timeout, args.baseline_max_s
+        ).figures()
+        emit(base)
+        emit(
+            {
+                "backend": args.backend,
+                "nodes": args.nodes,
+                "speedup": round(base["wall_s"] / ours["wall_s"], 1),
+                "baseline_extrapolated": bool(base.get("extrapolated")),
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
