@@ -234,8 +234,15 @@ class ZooKeeperStore(SlotStore):
         client = KazooClient(
             hosts=self._spec.hosts,
             timeout=o.ttl,
-            # Reconnect forever, quickly: a fresh session must follow an expiry at once.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
+            # Reconnect forever, quickly: a fresh session must follow an expiry at once, and
+            # after an election or a server restart the client must be back before the
+            # session is presumed lost (LOST_AFTER of the timeout). kazoo sleeps up to
+            # 1.4 x max_delay between passes over the servers: a 1 s cap made a node on
+            # the killed leader of a ttl-3 ensemble reconnect 0.8 s after the election
+            # ended, past that point. So the cap is a tenth of the ttl (at most 1 s).
+            connection_retry=KazooRetry(
+                max_tries=-1, delay=0.05, backoff=2, max_delay=min(1.0, o.ttl / 10)
+            ),
             auth_data=self.auth_data() or None,
             default_acl=self._acl,
             use_ssl=tls,

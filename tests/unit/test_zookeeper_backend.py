@@ -90,3 +90,21 @@ def test_endpoints_become_a_connect_string_and_chroot() -> None:
         StoreOptions(endpoints=("a:1,b:2",), extra={"chroot": "/x/y/"}),
     )
     assert (spec.hosts, spec.root) == ("a:1,b:2", "/x/y")
+
+
+@pytest.mark.parametrize("ttl", [2.0, 3.0, 10.0, 60.0])
+def test_reconnect_backoff_stays_well_inside_the_session(ttl: float) -> None:
+    """Regression: kazoo's pause between reconnect passes grew to 1 s (x1.4 jitter), so
+    after a leader's loss the ensemble was back within a 3 s session but a client on the
+    killed leader slept past the moment the session is presumed lost, and went LOST."""
+    from idstore.backends.base import StoreOptions
+
+    client = ZooKeeperStore(StoreOptions(ttl=ttl))._new_client()
+    try:
+        retry = client._conn_retry
+        assert retry.max_tries == -1
+        assert retry.max_delay <= min(1.0, ttl / 10)
+        worst_pause = retry.max_delay * (1 + retry.max_jitter)
+        assert worst_pause < ttl * LOST_AFTER / 4
+    finally:
+        client.close()
