@@ -367,6 +367,7 @@ class _BatchUdp:
         self.su = memoryview(self.shdr).cast("B").cast("I")
         self.siq = memoryview(self.siov).cast("B").cast("Q")
         self.clients: dict[bytes, tuple[Any, ...]] = {}  # raw sockaddr -> decoded
+        self.counter = 0  # datagrams seen, for sampling the duration histogram
         self.closed = False
         loop.add_reader(self.fd, self._readable)
 
@@ -486,8 +487,6 @@ class _BatchUdp:
         self.counter = count
         if j:
             self._send(pending)
-
-    counter = 0  # datagrams seen, for sampling the duration histogram
 
     def _send(self, pending: list[int]) -> None:
         m = _mmsg
