@@ -230,6 +230,11 @@ def _code(e: grpc.RpcError) -> tuple[str, str]:
     return (code.name if code is not None else "UNKNOWN"), str(details or "")
 
 
+def _closed_channel(e: ValueError) -> bool:
+    """grpc's error for a request on a channel closed meanwhile (not an RpcError)."""
+    return "closed channel" in str(e)
+
+
 def _token_expired(e: grpc.RpcError) -> bool:
     return "invalid auth token" in _code(e)[1]
 
@@ -319,6 +324,11 @@ class EtcdStore(SlotStore):
             old.close()
         return conn
 
+    def _moved_on(self, conn: Connection) -> bool:
+        """Whether a failover replaced ``conn`` with another open connection."""
+        with self._conn_lock:
+            return self._conn is not None and self._conn is not conn
+
     def _failover(self, failed: Connection) -> None:
         """Move to the next endpoint after ``failed`` stopped answering.
 
@@ -354,7 +364,7 @@ class EtcdStore(SlotStore):
         """
         timeout = self.options.request_timeout if timeout is None else timeout
         attempts = len(self._endpoints) if failover_retry else 1
-        reauthed = False
+        reauthed = rerouted = False
         while True:
             conn = self._current()
             step = f"authentication as user {self.options.username!r}"
@@ -364,6 +374,16 @@ class EtcdStore(SlotStore):
                 if count:
                     self._count()
                 return call(conn, timeout)
+            except ValueError as e:
+                # grpc: "Cannot invoke RPC on closed channel!" - another request's failover
+                # closed this channel after we took it. Nothing was sent: send it once more
+                # on the connection now current. (Escaping, it killed the keepalive thread.)
+                if not _closed_channel(e):
+                    raise
+                if not rerouted and self._moved_on(conn):
+                    rerouted = True
+                    continue
+                raise StoreUnavailable(f"etcd {step} at {conn.endpoint.url}: {e}") from e
             except grpc.RpcError as e:
                 if _token_expired(e) and not reauthed:
                     conn.forget_token()  # simple tokens expire; fetch a new one once
@@ -892,10 +912,17 @@ class EtcdStore(SlotStore):
         on_broken: BrokenCallback,
     ) -> EtcdWatch:
         self._count()
-        w = EtcdWatch(self, self._current(), since, on_events, on_broken)
+        conn = self._current()
+        w = EtcdWatch(self, conn, since, on_events, on_broken)
         with self._watches_lock:
             self._watches.add(w)
-        w.start()
+        try:
+            w.start()
+        except ValueError as e:  # a failover closed the channel meanwhile: the caller retries
+            if not _closed_channel(e):
+                raise
+            self._forget_watch(w)
+            raise StoreUnavailable(f"etcd watch at {conn.endpoint.url}: {e}") from e
         return w
 
     def _forget_watch(self, w: EtcdWatch) -> None:
@@ -927,6 +954,10 @@ class EtcdStore(SlotStore):
                 resp = conn.kv.Range(req, timeout=timeout, metadata=conn.metadata)
         except grpc.RpcError as e:
             raise translate(e, "watch check", conn.endpoint.url) from e
+        except ValueError as e:  # the channel was closed by a failover: the watch breaks
+            if not _closed_channel(e):
+                raise
+            raise StoreUnavailable(f"etcd watch check at {conn.endpoint.url}: {e}") from e
         return len(resp.kvs) > 0
 
 

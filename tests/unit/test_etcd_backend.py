@@ -316,3 +316,26 @@ def test_failed_renewals_are_retried_soon_and_keep_the_session(
     assert ConnectionState.LOST not in states
     assert states[:2] == [ConnectionState.SUSPENDED, ConnectionState.CONNECTED]
     assert store.session_id == session
+
+
+def test_a_request_racing_a_failover_is_sent_on_the_new_channel(
+    stores: Callable[..., EtcdStore],
+) -> None:
+    """Regression: a request that took the current connection just before another
+    request's failover closed its channel raised grpc's ValueError ("Cannot invoke RPC on
+    closed channel!"), which escaped every handler: it killed the keepalive thread in the
+    middle of a quorum loss, and the store never opened a new session."""
+    store = stores()
+    stale = store._current()
+    store._use(store._conn_index)  # another thread's failover: a new channel, the old closed
+    handed = iter([stale])
+    current = store._current
+    store._current = lambda: next(handed, None) or current()  # type: ignore[method-assign]
+    assert store.list(POOL).claims == {}
+    # A channel closed with nothing to move on to is "unavailable", like any other failure.
+    store._current = lambda: stale  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable, match="closed channel"):
+        store.list(POOL)
+    with pytest.raises(StoreUnavailable, match="closed channel"):
+        store._pool_changed_after(stale, POOL, 0)
+    store._current = current  # type: ignore[method-assign]
