@@ -404,6 +404,12 @@ class EtcdStore(SlotStore):
         lease = self._lease_id
         return session_name(lease) if lease is not None else ""
 
+    def session_valid_until(self) -> float:
+        # The deadline counts from when the last acknowledged keepalive was sent, so the
+        # lease cannot have expired on the server before it.
+        with self._lease_lock:
+            return self._deadline if self._lease_id is not None else 0.0
+
     def open(self) -> None:
         if self._keepalive is not None:
             return
