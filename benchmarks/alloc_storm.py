@@ -50,11 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Before anything imports protobuf: etcd3's generated code needs the pure-Python one.
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
-from idstore import backends  # noqa: E402
-from idstore.allocator import Allocator  # noqa: E402
-from idstore.backends.base import SlotRecord, SlotStore, StoreOptions  # noqa: E402
-from idstore.config import PoolSettings  # noqa: E402
-from idstore.pattern import Pattern  # noqa: E402
+from idstore import backends
+from idstore.allocator import Allocator
+from idstore.backends.base import SlotRecord, SlotStore, StoreOptions
+from idstore.config import PoolSettings
+from idstore.pattern import Pattern
 
 POOL = "worker"
 PATTERN = "worker{{.ID}}.storm.local."
@@ -232,7 +232,7 @@ class Probe:
 
 
 class EtcdProbe(Probe):
-    def __init__(self, endpoint: str, prefix: str) -> None:
+    def __init__(self, endpoint: str, prefix: str, atomic: bool = False) -> None:
         import grpc
 
         from idstore.backends.etcd import parse_endpoint, rpc
@@ -243,6 +243,7 @@ class EtcdProbe(Probe):
         self._kv = rpc.KVStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._prefix = prefix
+        self._atomic = atomic
 
     def missing(self, slot: int) -> bool:
         self.ops += 1
@@ -254,8 +255,17 @@ class EtcdProbe(Probe):
         self.ops += 2
         lease = self._lease.LeaseGrant(self._rpc.LeaseGrantRequest(TTL=20), timeout=30)
         put = self._rpc.PutRequest(key=self._key(slot), value=b"{}", lease=lease.ID)
-        self._kv.Put(put, timeout=30)
-        return True
+        if not self._atomic:
+            self._kv.Put(put, timeout=30)
+            return True
+        # --baseline-atomic: the same probe order, but a put-if-absent (what idstore
+        # requires of any algorithm), so a lost race probes on instead of overwriting.
+        rpc = self._rpc
+        absent = rpc.Compare(
+            key=put.key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+        )
+        txn = rpc.TxnRequest(compare=[absent], success=[rpc.RequestOp(request_put=put)])
+        return bool(self._kv.Txn(txn, timeout=30).succeeded)
 
     def _key(self, slot: int) -> bytes:
         return f"{self._prefix}/{slot}".encode()
@@ -297,7 +307,13 @@ class ZkProbe(Probe):
 
 
 def run_idetcd(
-    backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float, max_s: float
+    backend: str,
+    endpoints: Sequence[str],
+    n: int,
+    first: int,
+    timeout: float,
+    max_s: float,
+    atomic: bool = False,
 ) -> Run:
     cluster = f"idetcd{uuid.uuid4().hex[:8]}"
     base = f"/idetcd/{cluster}/{POOL}"
@@ -312,7 +328,7 @@ def run_idetcd(
         setup.close()
         probes: list[Probe] = [ZkProbe(hosts, base) for _ in range(n)]
     else:
-        probes = [EtcdProbe(endpoints[0], base) for _ in range(n)]
+        probes = [EtcdProbe(endpoints[0], base, atomic) for _ in range(n)]
     stop = threading.Event()
 
     def node(i: int) -> Outcome:
@@ -333,7 +349,8 @@ def run_idetcd(
         timer.cancel()
         for p in probes:
             p.close()
-    run = Run(backend, "idetcd", n, first, outcomes, wall)
+    name = "idetcd-atomic" if atomic and backend == "etcd" else "idetcd"
+    run = Run(backend, name, n, first, outcomes, wall)
     if stop.is_set():
         extrapolate(run)
     return run
@@ -348,8 +365,8 @@ def extrapolate(run: Run) -> None:
     """
     n = run.nodes
     done = sum(o.ops for o in run.outcomes)
-    per_claim = 2 if run.backend == "etcd" else 2  # etcd: grant + put; ZooKeeper: session + create
-    total = n * (n + 1) // 2 + per_claim * n
+    # Per node beside the probes: etcd grant + put; ZooKeeper session + create.
+    total = n * (n + 1) // 2 + 2 * n
     run.extras.update(
         {
             "extrapolated": True,
@@ -396,6 +413,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120.0, help="idstore: seconds per run")
     ap.add_argument("--baseline-max-s", type=float, default=300.0,
                     help="stop the baseline after this long and extrapolate")  # fmt: skip
+    ap.add_argument("--baseline-atomic", action="store_true",
+                    help="etcd baseline: put-if-absent instead of idetcd's blind put")  # fmt: skip
     args = ap.parse_args()
     if not 1 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes must be between 1 and {MAX_NODES}")
@@ -413,7 +432,13 @@ def main() -> None:
         if args.no_baseline:
             return
         base = run_idetcd(
-            args.backend, endpoints, args.nodes, args.first, args.timeout, args.baseline_max_s
+            args.backend,
+            endpoints,
+            args.nodes,
+            args.first,
+            args.timeout,
+            args.baseline_max_s,
+            args.baseline_atomic,
         ).figures()
         emit(base)
         emit(
