@@ -17,9 +17,11 @@ the recovery.
 Failover times, measured on the test process's monotonic clock from the moment the
 member's SIGKILL / SIGTERM returned (the process is gone):
 
-- ``reconnect`` (per node that was connected to the lost member): until the first 50 ms
-  poll at which the node holds an ESTABLISHED TCP connection to a surviving member while
-  its ``/status`` says store ``connected`` and the same slot ``held``;
+- ``reconnect`` (per node that was connected to the lost member, and per node whose own
+  member dropped it, as ZooKeeper followers do during an election: from the poll that
+  showed it ``suspended``): until the first 50 ms poll at which the node holds an
+  ESTABLISHED TCP connection to a surviving member while its ``/status`` says store
+  ``connected`` and the same slot ``held``;
 - ``renewal`` (the same nodes): until the first poll at which, in addition, the node's
   ``idstore_store_session_renewals_total`` exceeds its value read just before the fault
   (etcd: a keepalive reply; ZooKeeper: a server packet on the re-validated session);
@@ -414,7 +416,7 @@ def single_member_loss(c: Replicated, scenario: str, pick: Callable[[], int]) ->
         connected = c.wait_members()
         hit = sorted(nid for nid, ms in connected.items() if victim in ms)
         leader = c.rs.leader()
-        base = {nid: c.renewals(nid) for nid in hit}
+        base = {nid: c.renewals(nid) for nid in c.nodes}
         c.rs.kill(victim)
         t_kill = time.monotonic()
         t_canary = c.claim_canary()
@@ -426,17 +428,25 @@ def single_member_loss(c: Replicated, scenario: str, pick: Callable[[], int]) ->
         t_back = time.monotonic()
         c.wait_converged()
         time.sleep(0.5)
-    reconnects = {nid: reconnect_time(c, nid, before[nid][0].slot, t_kill, {victim}) for nid in hit}
-    renewed = {
-        nid: reconnect_time(c, nid, before[nid][0].slot, t_kill, {victim}, base[nid]) for nid in hit
-    }
     suspended = {nid: went(c, nid, t_kill, "suspended") for nid in c.nodes}
+    # Nodes on other members lose their connection too when those drop their clients
+    # (ZooKeeper followers do during an election): measured from their suspension.
+    since = {nid: 0.0 for nid in hit}
+    since.update({n: t for n, t in suspended.items() if t is not None and n not in since})
+
+    def after(nid: str, renewals: float | None = None) -> float | None:
+        t = reconnect_time(c, nid, before[nid][0].slot, t_kill + since[nid], {victim}, renewals)
+        return None if t is None else t + since[nid]
+
+    reconnects = {nid: after(nid) for nid in sorted(since)}
+    renewed = {nid: after(nid, base[nid]) for nid in sorted(since)}
     lost = c.logs_lost()
     changed = owners_changed(s, owners)
     report(
         c.backend,
         scenario,
-        f"kill -9 member {victim} (leader: {leader}; nodes on it: {hit or 'none'}; "
+        f"kill -9 member {victim} (leader: {leader}; nodes on it: {hit or 'none'}, "
+        f"connection interrupted: {sorted(since)}; "
         f"connections before {connected}): "
         f"reconnect {stats([t for t in reconnects.values() if t is not None])} "
         f"{ {k: fmt(v) for k, v in reconnects.items()} }, renewal "
