@@ -111,6 +111,13 @@ class ReplicatedStore:
         etcdctl([leader_url], "move-leader", f"{target:x}", tls=self.server.tls)
         return True
 
+    def sessions_on(self, i: int) -> set[str] | None:
+        """ZooKeeper: the sessions (hex) connected to member ``i`` per its ``cons``; None
+        for etcd, whose members do not list their clients."""
+        if isinstance(self.server, ZooKeeperEnsemble):
+            return self.server.sessions(i)
+        return None
+
     def members_of_ports(self, ports: Iterable[int]) -> set[int]:
         by_port = {self.client_port(i): i for i in range(self.size)}
         return {by_port[p] for p in ports if p in by_port}

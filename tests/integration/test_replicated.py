@@ -415,6 +415,9 @@ def single_member_loss(c: Replicated, scenario: str, pick: Callable[[], int]) ->
         victim = pick()
         connected = c.wait_members()
         hit = sorted(nid for nid, ms in connected.items() if victim in ms)
+        for nid, ms in connected.items():  # ZooKeeper: the member itself agrees (``cons``)
+            listed = [c.rs.sessions_on(m) for m in ms]
+            assert all(x is None or before[nid][0].session in x for x in listed), (nid, ms)
         leader = c.rs.leader()
         base = {nid: c.renewals(nid) for nid in c.nodes}
         c.rs.kill(victim)
