@@ -13,8 +13,9 @@ costs the store. Prints one JSON object per line:
 - ``boot``: N simulated nodes boot at once (``--concurrency`` at a time), each with its
   own store session running idstore's Allocator (list, then claim the lowest free slot,
   the next on a lost race), while ``--watchers`` PoolMirrors (as every node runs) count
-  the watch events they receive. Reports the store requests, writes (lease grants +
-  claim transactions) and events per watcher. On etcd for ``--boot`` nodes (1,000 real
+  the watch events they receive. Reports the store requests (sessions, lists, places in
+  line, claim transactions: whatever the Allocator does), claim transactions and events
+  per watcher. On etcd for ``--boot`` nodes (1,000 real
   sessions by default), on the memory backend for ``--boot-model`` (10,000), where the
   same Allocator code gives exact counts without a server. The model beyond is in the
   README's performance section.
@@ -250,8 +251,8 @@ def boot(backend: str, endpoints: Sequence[str], n: int, concurrency: int, watch
     return {
         "figure": "boot", "backend": backend, "nodes": n, "concurrency": concurrency,
         "boot_s": round(took, 2),
-        "store_requests": ops,  # sessions + lists + claim transactions
-        "writes": n + attempts,  # lease/session creations + claim transactions
+        "store_requests": ops,  # every request of the booting nodes (keepalives excluded)
+        "sessions": n,
         "claim_attempts": attempts, "claim_attempts_per_node": round(attempts / n, 2),
         "watchers": watchers, "events_per_watcher": delivered,
         "watchers_saw_all": all(s == n for s in seen), "watcher_setup_requests": watcher_ops,
