@@ -1003,8 +1003,11 @@ class _PoolWatch:
             self._request_slot(slot)
 
     def _on_data(self, event: WatchedEvent) -> None:
+        # NONE (connection reset) carries no path: the store re-syncs every watch then.
+        if event.type == ZkEventType.NONE or not event.path:
+            return
         slot = _slot_of(event.path.rsplit("/", 1)[-1])
-        if event.type != ZkEventType.NONE and slot is not None:
+        if slot is not None:
             self._request_slot(slot)
 
     def _request_slot(self, slot: int, *, deliver: bool = True) -> Any:

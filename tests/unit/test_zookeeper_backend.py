@@ -108,3 +108,17 @@ def test_reconnect_backoff_stays_well_inside_the_session(ttl: float) -> None:
         assert worst_pause < ttl * LOST_AFTER / 4
     finally:
         client.close()
+
+
+def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
+    """Regression: kazoo fires every armed data watch with a NONE event and no path when
+    the connection drops; the slot watch read ``event.path.rsplit`` first and raised
+    AttributeError in kazoo's callback thread (a traceback per slot on every failover)."""
+    from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
+
+    from idstore.backends.base import Listing, StoreOptions
+    from idstore.backends.zookeeper import _PoolWatch
+
+    store = ZooKeeperStore(StoreOptions(ttl=TTL))
+    watch = _PoolWatch(store, Listing("worker", {}, 0), lambda evs: None, lambda why: None)
+    watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
