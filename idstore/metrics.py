@@ -42,7 +42,7 @@ import platform
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from idstore.node import Node
@@ -123,7 +123,13 @@ class Family:
         return self
 
 
-def histogram_family(name: str, help: str, h: Histogram) -> Family:
+class HistogramSource(Protocol):
+    """Anything with Prometheus-shaped histogram samples (Histogram, DurationHistogram)."""
+
+    def samples(self) -> tuple[list[tuple[float, int]], int, float]: ...
+
+
+def histogram_family(name: str, help: str, h: HistogramSource) -> Family:
     fam = Family(name, "histogram", help)
     buckets, count, total = h.samples()
     for le, n in buckets:

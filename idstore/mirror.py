@@ -186,11 +186,23 @@ class PoolMirror:
                 for pool in pools:
                     self._relist(pool)
                 backoff = 0.1
-                next_relist = time.monotonic() + self.relist_interval
+                next_relist = time.monotonic() + self._relist_pause()
             except IdstoreError as e:
                 log.warning("re-listing pools failed (%s); retrying in %.1fs", e, backoff)
                 self._sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
+
+    def _relist_pause(self) -> float:
+        """Seconds until the next safety re-list.
+
+        Every node re-lists every pool, so the store serves N full lists per interval:
+        with 10,000 nodes a fixed 30 s would be ~333 lists of 10,000 keys per second.
+        The pause grows with the number of claims (30 ms per claim: 300 s at 10,000) and
+        is jittered so nodes booted together do not re-list together.
+        """
+        with self._cond:
+            claims = sum(len(c) for c in self._claims.values())
+        return max(self.relist_interval, claims * 0.03) * random.uniform(0.8, 1.2)
 
     def _sleep(self, seconds: float) -> None:
         with self._cond:
