@@ -74,6 +74,11 @@ class Allocator:
         self._thread = threading.Thread(target=self._run, name="allocator", daemon=True)
         self._full_logged_at = 0.0
         self._ticket: Ticket | None = None  # our place in the pool's waiting queue
+        # The slot held when the session was lost: tried first when claiming again, so
+        # that nodes that all lost their sessions at once (a store election, a quorum
+        # loss) each get their own slot back instead of racing for the lowest ones and
+        # swapping names.
+        self._previous: int | None = None
 
     # -- public ----------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Allocator:
                 self.claim.slot,
                 self.pool.name,
             )
+            self._previous = self.claim.slot
             self._set(Status.LOST, None)
         if state is ConnectionState.CONNECTED:
             self._wake.set()
@@ -227,10 +233,22 @@ class Allocator:
                 return sticky
             if pos.ticket is None:  # not queued because of the old claim: queue now
                 pos = self.store.enqueue(self.pool.name, self.pool.slots(), record.node_id, False)
-        claim = self._claim_in_line(pos, record)
+        claim = self._claim_previous(pos, record) or self._claim_in_line(pos, record)
         if claim is not None:
             self._ticket = None
+            self._previous = None
         return claim
+
+    def _claim_previous(self, pos: Position, record: SlotRecord) -> Claim | None:
+        """After a LOST: the slot we held, if it is still free (one attempt)."""
+        slot, self._previous = self._previous, None
+        if slot is None or slot not in self.pool.slots():
+            return None
+        self.claim_attempts += 1
+        try:
+            return self.store.claim(self.pool.name, slot, record, ticket=pos.ticket)
+        except SlotTaken:
+            return None
 
     def _join(self) -> Position:
         """Our place in line: kept across rounds while its session lives (a waiting node

@@ -136,3 +136,20 @@ def test_never_holds_two_slots(cluster: Callable[..., Running]) -> None:
     claims = nodes[0].store.list("worker").claims
     assert sorted(c.record.node_id for c in claims.values()) == ["n0", "n1", "n2"]
     assert sorted(claims) == [0, 1, 2]
+
+
+def test_after_lost_the_previous_slot_wins_over_a_lower_free_one(
+    cluster: Callable[..., Running],
+) -> None:
+    a = cluster("a")
+    wait_for(lambda: held(a) == 0)
+    b = cluster("b")
+    wait_for(lambda: held(b) == 1)
+    c = cluster("c")
+    wait_for(lambda: held(c) == 2)
+    a.stop()  # slot 0 is free now
+    seen: list[Status] = []
+    c.alloc.add_listener(lambda status, claim: seen.append(status))
+    c.store.expire_session()
+    wait_for(lambda: Status.LOST in seen and held(c) is not None)
+    assert held(c) == 2, "a transient LOST must not rename the node"
