@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,11 +18,17 @@ from typing import Any, TypeVar
 
 import pytest
 
-from idstore import backends
-from idstore.backends.base import SlotStore, StoreOptions
+from idstore.backends.base import SlotStore
 from tests.harness.netns import BridgeEtcd, BridgeZooKeeper, NetnsLab, NetnsNode
-from tests.harness.nodes import HOST, NodeProcess, wait_for
-from tests.harness.sampler import Owner, Probe, Sampler, dns_probe
+from tests.harness.nodes import HOST, NodeProcess, idstore_list, wait_for
+from tests.harness.sampler import (
+    Owner,
+    Probe,
+    Sampler,
+    dns_probe,
+    observer_store,
+    store_owners,
+)
 
 TTL = 3.0
 LIMIT = 8
@@ -221,23 +225,11 @@ class FaultCluster:
 
     def store(self) -> SlotStore:
         if self._store is None:
-            opts = StoreOptions(
-                endpoints=self.endpoints,
-                ttl=TTL,
-                cluster=self.cluster_name,
-                request_timeout=0.5,
-                connect_timeout=5,
-            )
-            self._store = backends.create(self.backend, opts)
-            self._store.open()
+            self._store = observer_store(self.backend, self.endpoints, self.cluster_name, TTL)
         return self._store
 
     def truth(self) -> Mapping[str, Owner]:
-        listing = self.store().list(POOL)
-        return {
-            name_of(s): Owner(c.record.node_id, c.record.nonce, c.version, c.record.addresses)
-            for s, c in listing.claims.items()
-        }
+        return store_owners(self.store(), POOL, name_of)
 
     def holders(self) -> dict[str, list[int]]:
         """node_id -> slots it holds in the store."""
@@ -248,14 +240,7 @@ class FaultCluster:
 
     def list_json(self) -> list[dict[str, Any]]:
         """``idstore list --json`` against the same config (the CLI's own view)."""
-        out = subprocess.run(
-            [sys.executable, "-m", "idstore", "list", "--json", "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return list(json.loads(out))
+        return idstore_list(self.config)
 
     def expected_view(self) -> dict[str, frozenset[str]]:
         """What every DNS server should answer, per the store."""

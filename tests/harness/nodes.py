@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -158,3 +159,15 @@ def is_authoritative(r: dns.message.Message) -> bool:
 
 def rcode(r: dns.message.Message) -> str:
     return dns.rcode.to_text(r.rcode())
+
+
+def idstore_list(config: Path) -> list[dict[str, object]]:
+    """``idstore list --json`` against ``config``: the claims as the CLI reports them."""
+    out = subprocess.run(
+        [sys.executable, "-m", "idstore", "list", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return list(json.loads(out))

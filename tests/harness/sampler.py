@@ -40,6 +40,9 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from idstore import backends
+from idstore.backends.base import SlotStore, StoreOptions
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -299,3 +302,22 @@ class Sampler:
         for t in self._threads:
             with contextlib.suppress(RuntimeError):
                 t.join(30)
+
+
+def observer_store(backend: str, endpoints: tuple[str, ...], cluster: str, ttl: float) -> SlotStore:
+    """An opened store with short request timeouts, for a test to read the truth from
+    (it never claims: it only lists)."""
+    opts = StoreOptions(
+        endpoints=endpoints, ttl=ttl, cluster=cluster, request_timeout=0.5, connect_timeout=5
+    )
+    store = backends.create(backend, opts)
+    store.open()
+    return store
+
+
+def store_owners(store: SlotStore, pool: str, name_of: Callable[[int], str]) -> dict[str, Owner]:
+    """Who the store gives each claimed name of ``pool`` to, right now."""
+    return {
+        name_of(s): Owner(c.record.node_id, c.record.nonce, c.version, c.record.addresses)
+        for s, c in store.list(pool).claims.items()
+    }

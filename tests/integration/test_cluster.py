@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.nodes import NodeProcess, addresses_of, wait_for
+from tests.harness.nodes import NodeProcess, addresses_of, idstore_list, wait_for
 
 TTL = 3.0
 LIMIT = 8
@@ -61,14 +59,7 @@ class Cluster:
         return [n for n in self.nodes.values() if n.proc and n.proc.poll() is None]
 
     def list_claims(self) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            [sys.executable, "-m", "idstore", "list", "--json", "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        return list(json.loads(out))
+        return idstore_list(self.config)
 
     def view(self, n: NodeProcess) -> dict[str, set[str]]:
         return {

@@ -51,13 +51,19 @@ from typing import Any
 
 import pytest
 
-from idstore import backends
-from idstore.backends.base import SlotRecord, SlotStore, StoreOptions
+from idstore.backends.base import SlotRecord, SlotStore
 from idstore.errors import IdstoreError
 from tests.harness.etcd_server import free_port
 from tests.harness.nodes import HOST, NodeProcess, addresses_of, wait_for
 from tests.harness.replicated import ReplicatedStore, report
-from tests.harness.sampler import Owner, Probe, Sampler, dns_probe
+from tests.harness.sampler import (
+    Owner,
+    Probe,
+    Sampler,
+    dns_probe,
+    observer_store,
+    store_owners,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,23 +222,11 @@ class Replicated:
 
     def store(self) -> SlotStore:
         if self._store is None:
-            opts = StoreOptions(
-                endpoints=self.rs.endpoints,
-                ttl=TTL,
-                cluster=self.cluster_name,
-                request_timeout=0.5,
-                connect_timeout=5,
-            )
-            self._store = backends.create(self.backend, opts)
-            self._store.open()
+            self._store = observer_store(self.backend, self.rs.endpoints, self.cluster_name, TTL)
         return self._store
 
     def truth(self) -> Mapping[str, Owner]:
-        listing = self.store().list(POOL)
-        return {
-            name_of(s): Owner(c.record.node_id, c.record.nonce, c.version, c.record.addresses)
-            for s, c in listing.claims.items()
-        }
+        return store_owners(self.store(), POOL, name_of)
 
     def held(self) -> dict[str, list[Held]]:
         """node_id -> what it holds in the store (the canary excluded)."""
