@@ -44,10 +44,10 @@ def requests_of(store: SlotStore) -> int:
     return int(getattr(store, "wire_requests", store.ops))
 
 
-def storm(backend: str, endpoints: Sequence[str]) -> list[Booted]:
+def storm(backend: str, endpoints: Sequence[str], cluster: str = "") -> list[Booted]:
     options = StoreOptions(
         endpoints=tuple(endpoints),
-        cluster=f"herd{uuid.uuid4().hex[:8]}",
+        cluster=cluster or f"herd{uuid.uuid4().hex[:8]}",
         ttl=30.0,
         request_timeout=30.0,
         connect_timeout=60.0,
@@ -93,10 +93,16 @@ def test_etcd_storm_three_requests_per_node(etcd_server: object) -> None:
 
 @pytest.mark.timeout(300)
 def test_zookeeper_storm_four_requests_per_node(zk_server: object) -> None:
-    nodes = storm("zookeeper", zk_server.endpoints)  # type: ignore[attr-defined]
-    assert_dense_and_unique(nodes)
-    assert [n.claim_attempts for n in nodes] == [1] * NODES, "no lost race in a storm"
-    requests = sorted(n.requests for n in nodes)
-    # 4, or 4 + 2 (the attempt that met no pool) + 3 (pool and parents, pipelined).
-    assert set(requests) <= {4, 9}
-    assert sum(requests) / NODES <= 5 and max(requests) <= 20
+    endpoints = zk_server.endpoints  # type: ignore[attr-defined]
+    cluster = f"herd{uuid.uuid4().hex[:8]}"
+    first = storm("zookeeper", endpoints, cluster)
+    assert_dense_and_unique(first)
+    assert [n.claim_attempts for n in first] == [1] * NODES, "no lost race in a storm"
+    # A brand-new cluster: 4, or 4 + 2 (the attempt that met no pool) + 3 (the pool and
+    # its parents, pipelined) for the nodes that came before the pool existed; how many
+    # did depends on the machine's load.
+    assert {n.requests for n in first} <= {4, 9}
+    # Every later boot of the cluster (the pool znode persists): 4 for everyone.
+    again = storm("zookeeper", endpoints, cluster)
+    assert_dense_and_unique(again)
+    assert [n.requests for n in again] == [4] * NODES
