@@ -84,8 +84,10 @@ def test_defaults_need_no_file() -> None:
         ({"pool": "nope"}, "pool"),
         ({"addresses": ["not-an-ip"]}, "addresses"),
         ({"colour": "blue"}, "colour"),
-        ({"pools": {"a": {"pattern": "n{{.ID}}.x."}, "b": {"pattern": "n{{.ID}}.x."}}},
-         "pools.b.pattern"),
+        (
+            {"pools": {"a": {"pattern": "n{{.ID}}.x."}, "b": {"pattern": "n{{.ID}}.x."}}},
+            "pools.b.pattern",
+        ),
         ({"pools": {"a": {"pattern": "n{{.ID}}.x."}}, "dns": {"zone": "y."}}, "pools.a.pattern"),
     ],
 )
