@@ -25,7 +25,9 @@ from tests.harness.sampler import (
     Owner,
     Probe,
     Sampler,
+    answers_view,
     dns_probe,
+    expected_view,
     observer_store,
     store_owners,
 )
@@ -244,23 +246,15 @@ class FaultCluster:
 
     def expected_view(self) -> dict[str, frozenset[str]]:
         """What every DNS server should answer, per the store."""
-        owners = self.truth()
-        return {n: frozenset(owners[n].addresses) if n in owners else frozenset() for n in NAMES}
+        return expected_view(self.truth(), NAMES)
 
     def converged(self) -> bool:
         """Every live node answers exactly the store's view."""
         try:
             want = self.expected_view()
+            return all(answers_view(p(NAMES), NAMES, want) for p in self.probes().values())
         except Exception:
             return False
-        for probe in self.probes().values():
-            try:
-                a = probe(NAMES)
-            except Exception:
-                return False
-            if a is None or {n: a.addrs.get(n, frozenset()) for n in NAMES} != want:
-                return False
-        return True
 
     def wait_converged(self, timeout: float, what: str = "every view converged") -> float:
         return wait_for(self.converged, timeout, what, 0.2)

@@ -321,3 +321,15 @@ def store_owners(store: SlotStore, pool: str, name_of: Callable[[int], str]) -> 
         name_of(s): Owner(c.record.node_id, c.record.nonce, c.version, c.record.addresses)
         for s, c in store.list(pool).claims.items()
     }
+
+
+def expected_view(owners: Mapping[str, Owner], names: Sequence[str]) -> dict[str, frozenset[str]]:
+    """What every DNS server should answer for ``names``, per the store's owners."""
+    return {n: frozenset(owners[n].addresses) if n in owners else frozenset() for n in names}
+
+
+def answers_view(
+    answer: Answer | None, names: Sequence[str], want: Mapping[str, frozenset[str]]
+) -> bool:
+    """Did one server's answer match ``want`` for every name (no answer: no)?"""
+    return answer is not None and {n: answer.addrs.get(n, frozenset()) for n in names} == want

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from idstore.backends.base import SlotStore
 from tests.harness.env import BackendEnv
@@ -232,7 +233,33 @@ def expire_session(endpoints: Sequence[str], store: SlotStore) -> None:
         twin.close()
 
 
-class ZooKeeperServer:
+class _StartedInBlock:
+    """``with`` starts the server(s) and always cleans up, also when start() fails."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class ZooKeeperServer(_StartedInBlock):
     """A standalone ZooKeeper on a free loopback port; a context manager.
 
     ``kill()`` (SIGKILL) and ``stop()`` keep the data dir and port so ``start()`` brings
@@ -287,24 +314,8 @@ class ZooKeeperServer:
         self._tmp = None
         self._member = None
 
-    def __enter__(self) -> ZooKeeperServer:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-
-class ZooKeeperEnsemble:
+class ZooKeeperEnsemble(_StartedInBlock):
     """Three (or ``size``) ZooKeeper members on loopback, each with its own ports.
 
     ``kill(i)``/``stop(i)``/``start(i)`` act on one member, so a test can take the
@@ -392,19 +403,3 @@ class ZooKeeperEnsemble:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
         self.members = []
-
-    def __enter__(self) -> ZooKeeperEnsemble:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -60,7 +60,9 @@ from tests.harness.sampler import (
     Owner,
     Probe,
     Sampler,
+    answers_view,
     dns_probe,
+    expected_view,
     observer_store,
     store_owners,
 )
@@ -263,19 +265,14 @@ class Replicated:
         return Sampler(self.probes, NAMES, truth=self.truth, identity=dict(self.address))
 
     def expected_view(self) -> dict[str, frozenset[str]]:
-        owners = self.truth()
-        return {n: frozenset(owners[n].addresses) if n in owners else frozenset() for n in NAMES}
+        return expected_view(self.truth(), NAMES)
 
     def converged(self) -> bool:
         try:
             want = self.expected_view()
         except IdstoreError:
             return False
-        for probe in self.probes().values():
-            a = probe(NAMES)
-            if a is None or {n: a.addrs.get(n, frozenset()) for n in NAMES} != want:
-                return False
-        return True
+        return all(answers_view(p(NAMES), NAMES, want) for p in self.probes().values())
 
     def wait_converged(self, timeout: float = 30.0) -> float:
         return wait_for(self.converged, timeout, "every DNS view converged", 0.2)
