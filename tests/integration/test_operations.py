@@ -243,6 +243,9 @@ def test_health_ready_status_and_metrics_over_http(three: Ops) -> None:
 def test_sighup_reloads_ttl_and_log_level_keeps_the_slot(ops: Ops) -> None:
     n = ops.node("w-a")
     n.wait_claimed(60)
+    # The claim is logged when the store confirms it; the node's own view learns of it
+    # through the watch a moment later.
+    wait_for(lambda: bool(query(n.port, "worker0.tf.local").answer), 10, "worker0 in the view")
     assert {rr.ttl for rr in query(n.port, "worker0.tf.local").answer} == {1}
     text = ops.config.read_text()
     ops.config.write_text(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.harness.nodes import NodeProcess, is_authoritative, query, rcode
+from tests.harness.nodes import NodeProcess, is_authoritative, query, rcode, wait_for
 
 PATTERN = "worker{{.ID}}.tf.local."
 
@@ -30,6 +30,8 @@ def node() -> NodeProcess:
     ]
     with NodeProcess(args, name="skeleton") as n:
         n.wait_claimed()
+        # The claim line comes when the store confirms; the view learns it via the watch.
+        wait_for(lambda: bool(query(n.port, "worker0.tf.local").answer), 10, "worker0 answers")
         yield n
 
 
