@@ -110,6 +110,9 @@ _PING_XID = -2  # kazoo.protocol.connection.PING_XID: the xid of ping replies
 SPECULATIVE_READS = 4
 # How long open() waits for the state machine to see the new session.
 _STATE_SETTLE = 5.0
+# Share of enqueues that create the pool's tree ahead of their entry, unasked (see
+# enqueue): in a new pool the herd then finds it made after the first few arrivals.
+TREE_MAKERS = 1 / 16
 _SCHEMES = ("zk://", "zookeeper://")
 
 
@@ -792,42 +795,75 @@ class ZooKeeperStore(SlotStore):
         client = self._require_connected(what)
         entry = f"{self._pool_path(pool)}/q{_identity(node_id)}-"
         pool_path = self._pool_path(pool)
+        # A new pool meets the whole herd missing: every node whose entry reaches the
+        # server before someone's create of the pool does fails and pays a retry.
+        # Measured on 1000 nodes: up to 36 % of them. So a random TREE_MAKERS of the nodes
+        # create the tree ahead of their entry without asking; the pool exists after the
+        # first few arrivals, and in a pool that exists this costs 3/16 of a request per
+        # node. After a NoNode the retry makes the tree first (see _next_tree_plan).
+        plan = _TreePlan(False, 0) if random.random() < TREE_MAKERS else None
         with self._translated(what):
-            for attempt in range(3):
+            for _ in range(pool_path.count("/") + 2):
                 # Pipelined; one session's requests are served in order, so the listing
-                # already holds our entry and every older one. After a NoNode the pool
-                # and its parents are created in the same round trip: in a new cluster
-                # the whole herd meets the pool missing, and the sooner it exists the
-                # fewer nodes pay for it.
-                made = self._make_parents(client, pool_path) if attempt else ()
+                # already holds our entry and every older one.
+                made = self._make_tree(client, pool_path, plan) if plan else []
                 create = client.create_async(
                     entry, b"", acl=self._acl, ephemeral=True, sequence=True
                 )
                 children = client.get_children_async(pool_path, include_data=True)
                 self._send(2)
-                for request in made:
-                    with contextlib.suppress(NodeExistsError):
-                        self._wait(request)
                 try:
                     path = self._wait(create)
                 except NoNodeError:
                     with contextlib.suppress(NoNodeError):
                         self._wait(children)
+                    plan = self._next_tree_plan(made, plan)
                     continue
+                for request in made:  # done; whoever made the tree, it is there
+                    with contextlib.suppress(KazooException):
+                        self._wait(request)
                 ticket = Ticket(pool, int(path[-10:]), path, _session_of(client))
                 names, stat = self._wait(children)
                 return self._position_of(client, ticket, names, stat, slots, node_id)
         raise StoreError(f"{what}: the pool kept vanishing")
 
-    def _make_parents(self, client: KazooClient, path: str) -> Sequence[Any]:
-        """Create ``path`` and its parents, pipelined (they may exist: NodeExists)."""
+    def _make_tree(self, client: KazooClient, path: str, plan: _TreePlan) -> Sequence[Any]:
+        """Send the creates of the components of ``path`` past the ``plan.known`` first."""
         parts = path.strip("/").split("/")
-        made = [
-            client.create_async("/" + "/".join(parts[:i]), b"", acl=self._acl)
-            for i in range(1, len(parts) + 1)
-        ]
-        self._send(len(made))
-        return made
+        paths = ["/" + "/".join(parts[:i]) for i in range(plan.known + 1, len(parts) + 1)]
+        if plan.one_transaction:
+            tx = client.transaction()
+            for p in paths:
+                tx.create(p, b"", acl=self._acl)
+            self._send()
+            return [tx.commit_async()]
+        self._send(len(paths))
+        return [client.create_async(p, b"", acl=self._acl) for p in paths]
+
+    def _next_tree_plan(self, made: Sequence[Any], plan: _TreePlan | None) -> _TreePlan:
+        """The entry met no pool: how to make the tree on the next attempt.
+
+        First as one transaction from the top: one request, not one per component, and
+        in a new cluster it either makes the whole tree or finds it made by someone
+        else's. When that failed on a component that exists (a new pool or cluster in
+        an older tree), that component and its parents are known: one create per
+        component below it follows, each of which may find its znode there. A tree that
+        was made and the entry still met no pool was removed meanwhile: from the top.
+        """
+        if plan is None:
+            return _TreePlan(True, 0)
+        if not plan.one_transaction:
+            for request in made:
+                with contextlib.suppress(NodeExistsError, NoNodeError):
+                    self._wait(request)
+            return _TreePlan(True, 0)
+        results = self._wait(made[0])
+        failed = _failed_op(results)
+        if failed is None:
+            return _TreePlan(True, 0)
+        if isinstance(results[failed], NodeExistsError):
+            return _TreePlan(False, plan.known + failed + 1)
+        raise results[failed]
 
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
         # Names are cheap: always exact.
@@ -1174,6 +1210,15 @@ class _PoolWatch:
             self._on_events(ordered)
         except Exception:
             log.exception("watch on_events callback failed")
+
+
+@dataclass(frozen=True)
+class _TreePlan:
+    """How an enqueue makes the pool's tree: its components past the first ``known``,
+    as one transaction or as separate creates."""
+
+    one_transaction: bool
+    known: int
 
 
 @dataclass(frozen=True)
