@@ -1,8 +1,13 @@
 """Boot storm (issue 5): N nodes start at the same moment; how do they get their IDs?
 
 Every simulated node is a thread with its own store client and its own lease or session,
-as a real node has. The threads are released together by a barrier; opening the session
-is part of the measured start (session set-up is a store request too). Two algorithms:
+as a real node has. The nodes are spread over ``--procs`` worker processes (default: one
+per 32 nodes): real nodes are separate machines, and one Python process running
+thousands of client threads measures its own GIL, not the store (1000 ZooKeeper nodes in
+one process: ~5000 threads, 1.7 cores of kernel time, sessions starved until they
+expired; 8 processes: 3.0-4.9 s; 32 processes: 2.2-3.6 s). Every thread of every
+process is released by one barrier; opening the session is part of the measured start
+(session set-up is a store request too). Two algorithms:
 
 - ``idstore``: idstore's real ``Allocator.acquire`` round on the real backend code
   (waiting queue, place in line -> slot, one claim transaction);
@@ -25,7 +30,8 @@ repository root). The baseline is O(N^2) requests (~200 s for 1000 nodes): past
 Usage::
 
     python benchmarks/alloc_storm.py --backend etcd|zookeeper --nodes N
-        [--endpoints URL ...] [--no-baseline] [--repeat K] [--baseline-max-s S]
+        [--endpoints URL ...] [--no-baseline] [--repeat K] [--procs P]
+        [--baseline-max-s S] [--baseline-atomic]
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +68,9 @@ POOL = "worker"
 PATTERN = "worker{{.ID}}.storm.local."
 MAX_NODES = 5000  # threads, sockets and sessions of one process: keep it sane
 THREAD_STACK = 512 * 1024  # thousands of threads: small stacks
+NODES_PER_PROC = 32  # default --procs: one worker process per this many nodes
+SETUP_S = 300.0
+CAPPED = "stopped at the time cap"  # creating the clients of one worker process, or closing them
 
 
 @dataclass
@@ -70,6 +81,7 @@ class Outcome:
     ops: int = 0
     done_at: float = 0.0
     error: str = ""
+    attempts: int = 0  # idstore: claim transactions sent
 
 
 @dataclass
@@ -113,34 +125,112 @@ def emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def storm(n: int, node: Callable[[int], Outcome], deadline_s: float) -> tuple[list[Outcome], float]:
-    """Run ``node(i)`` on n threads released together; (outcomes, wall seconds).
+# ------------------------------------------------------------------------------ storm
 
-    The wall time runs from the barrier's release to the last node holding its ID.
-    """
-    outcomes = [Outcome() for _ in range(n)]
-    barrier = threading.Barrier(n + 1, timeout=deadline_s)
 
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            outcomes[i].error = "barrier broken"
-            return
-        try:
-            outcomes[i] = node(i)
-        except Exception as e:  # a node's failure is a figure, not a crash of the benchmark
-            outcomes[i] = Outcome(error=f"{type(e).__name__}: {e}"[:200])
-        outcomes[i].done_at = time.monotonic()
+@dataclass(frozen=True)
+class Job:
+    """One storm: which algorithm, against which store; pickled to every worker."""
 
+    algorithm: str  # "idstore" | "idetcd" | "idetcd-atomic"
+    backend: str
+    endpoints: tuple[str, ...]
+    nodes: int
+    first: int
+    cluster: str
+    timeout: float  # seconds a node may take, from the release
+    baseline_max_s: float = 0.0  # idetcd: stop probing after this long
+
+
+class Simulation:
+    """The clients of the nodes one worker process runs; ``node(k)`` is the k-th's start."""
+
+    def arm(self) -> None:
+        """Called at the release, before any node runs."""
+
+    def node(self, k: int) -> Outcome:
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+def simulation(job: Job, indices: range) -> Simulation:
+    if job.algorithm == "idstore":
+        return IdstoreSimulation(job, indices)
+    return IdetcdSimulation(job, indices)
+
+
+def _worker(job: Job, indices: range, ready: Any, done: Any, out: Any) -> None:
+    """One worker process: set up its nodes' clients, wait for the release, run them."""
+    logging.basicConfig(level=logging.ERROR)
     threading.stack_size(THREAD_STACK)
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.monotonic()
-    for t in threads:
-        t.join(max(0.0, start + deadline_s - time.monotonic()))
+    sim = simulation(job, indices)
+    try:
+        outcomes = [Outcome() for _ in indices]
+        release = threading.Barrier(len(indices) + 1, timeout=job.timeout + SETUP_S)
+
+        def run(k: int) -> None:
+            try:
+                release.wait()
+            except threading.BrokenBarrierError:
+                outcomes[k].error = "barrier broken"
+                return
+            try:
+                outcomes[k] = sim.node(k)
+            except Exception as e:  # a node's failure is a figure, not a crash
+                outcomes[k] = Outcome(error=f"{type(e).__name__}: {e}"[:200])
+            outcomes[k].done_at = time.monotonic()
+
+        threads = [
+            threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(indices))
+        ]
+        for t in threads:
+            t.start()
+        ready.wait()  # every process has its threads waiting: go
+        sim.arm()
+        release.wait()
+        deadline = time.monotonic() + job.timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        out.put((indices.start, outcomes))
+        done.wait()  # nobody releases a claim while others still boot
+    finally:
+        sim.close()
+
+
+def storm(job: Job, procs: int) -> tuple[list[Outcome], float]:
+    """Run the job's nodes in ``procs`` worker processes released together.
+
+    The wall time runs from the release to the last node holding its ID (CLOCK_MONOTONIC
+    is one clock for all processes of the machine).
+    """
+    procs = max(1, min(procs, job.nodes))
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    ready = ctx.Barrier(procs + 1, timeout=SETUP_S)
+    done = ctx.Barrier(procs + 1, timeout=job.timeout + SETUP_S)
+    out = ctx.Queue()
+    step = -(-job.nodes // procs)
+    chunks = [range(i, min(i + step, job.nodes)) for i in range(0, job.nodes, step)]
+    workers = [
+        ctx.Process(target=_worker, args=(job, c, ready, done, out), daemon=True) for c in chunks
+    ]
+    for w in workers:
+        w.start()
+    outcomes = [Outcome(error="worker process failed") for _ in range(job.nodes)]
+    try:
+        ready.wait()
+        start = time.monotonic()
+        for _ in chunks:
+            first, part = out.get(timeout=job.timeout + SETUP_S)
+            outcomes[first : first + len(part)] = part
+        done.wait()
+    except (threading.BrokenBarrierError, queue.Empty) as e:
+        raise SystemExit(f"alloc_storm: a worker process failed or hung ({e!r})") from e
+    finally:
+        for w in workers:
+            w.join(SETUP_S)
+            if w.is_alive():
+                w.terminate()
     ends = [o.done_at for o in outcomes if o.done_at]
     return outcomes, (max(ends) if ends else time.monotonic()) - start
 
@@ -165,27 +255,46 @@ def requests_of(store: SlotStore) -> int:
     return int(getattr(store, "wire_requests", store.ops))
 
 
-def run_idstore(backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float) -> Run:
-    options = options_for(endpoints, f"storm{uuid.uuid4().hex[:8]}")
-    pool = PoolSettings(POOL, Pattern.parse(PATTERN), limit=n, first=first)
-    stores = [backends.create(backend, options) for _ in range(n)]
-    attempts = [0] * n
+class IdstoreSimulation(Simulation):
+    def __init__(self, job: Job, indices: range) -> None:
+        self.job = job
+        self.indices = indices
+        self.pool = PoolSettings(POOL, Pattern.parse(PATTERN), limit=job.nodes, first=job.first)
+        options = options_for(job.endpoints, job.cluster)
+        self.stores = [backends.create(job.backend, options) for _ in indices]
 
-    def node(i: int) -> Outcome:
-        store = stores[i]
+    def node(self, k: int) -> Outcome:
+        store = self.stores[k]
         store.open()
-        alloc = Allocator(store, pool, SlotRecord(f"node-{i}", uuid.uuid4().hex, ("192.0.2.1",)))
+        i = self.indices[k]
+        alloc = Allocator(
+            store, self.pool, SlotRecord(f"node-{i}", uuid.uuid4().hex, ("192.0.2.1",))
+        )
         claim = None
-        give_up = time.monotonic() + timeout
+        give_up = time.monotonic() + self.job.timeout
         while claim is None and time.monotonic() < give_up:
             claim = alloc.acquire()  # None only while the pool is full: not in a storm
-        attempts[i] = alloc.claim_attempts
-        return Outcome(claim.slot if claim else None, requests_of(store))
+        return Outcome(
+            claim.slot if claim else None, requests_of(store), attempts=alloc.claim_attempts
+        )
 
-    try:
-        outcomes, wall = storm(n, node, timeout)
-    finally:
-        close_all(stores)
+    def close(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            list(ex.map(_quiet_close, self.stores))
+
+
+def _quiet_close(store: SlotStore) -> None:
+    with contextlib.suppress(Exception):
+        store.close(release=True)
+
+
+def run_idstore(
+    backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float, procs: int
+) -> Run:
+    cluster = f"storm{uuid.uuid4().hex[:8]}"
+    job = Job("idstore", backend, tuple(endpoints), n, first, cluster, timeout)
+    outcomes, wall = storm(job, procs)
+    attempts = sum(o.attempts for o in outcomes)
     return Run(
         backend,
         "idstore",
@@ -194,20 +303,11 @@ def run_idstore(backend: str, endpoints: Sequence[str], n: int, first: int, time
         outcomes,
         wall,
         {
-            "claim_attempts_total": sum(attempts),
-            "lost_races": sum(attempts) - sum(1 for o in outcomes if o.slot is not None),
+            "procs": procs,
+            "claim_attempts_total": attempts,
+            "lost_races": attempts - sum(1 for o in outcomes if o.slot is not None),
         },
     )
-
-
-def close_all(stores: Sequence[SlotStore]) -> None:
-    with concurrent.futures.ThreadPoolExecutor(32) as ex:
-        list(ex.map(lambda s: _quiet_close(s), stores))
-
-
-def _quiet_close(store: SlotStore) -> None:
-    with contextlib.suppress(Exception):
-        store.close(release=True)
 
 
 # ------------------------------------------------------------------------------ idetcd
@@ -306,6 +406,43 @@ class ZkProbe(Probe):
             self._client.close()
 
 
+class IdetcdSimulation(Simulation):
+    def __init__(self, job: Job, indices: range) -> None:
+        self.job = job
+        base = f"/idetcd/{job.cluster}/{POOL}"
+        if job.backend == "zookeeper":
+            hosts = zk_hosts(job.endpoints)
+            self.probes: list[Probe] = [ZkProbe(hosts, base) for _ in indices]
+        else:
+            atomic = job.algorithm == "idetcd-atomic"
+            self.probes = [EtcdProbe(job.endpoints[0], base, atomic) for _ in indices]
+        self.stop = threading.Event()
+        self.timer = threading.Timer(job.baseline_max_s, self.stop.set)
+
+    def arm(self) -> None:
+        self.timer.start()
+
+    def node(self, k: int) -> Outcome:
+        probe = self.probes[k]
+        probe.start()
+        first = self.job.first
+        for slot in range(first, first + self.job.nodes):
+            if self.stop.is_set():
+                return Outcome(None, probe.ops, error=CAPPED)
+            if probe.missing(slot) and probe.take(slot):
+                return Outcome(slot, probe.ops)
+        return Outcome(None, probe.ops, error="no free id")
+
+    def close(self) -> None:
+        self.timer.cancel()
+        for p in self.probes:
+            p.close()
+
+
+def zk_hosts(endpoints: Sequence[str]) -> str:
+    return ",".join(e.split("://")[-1] for e in endpoints)
+
+
 def run_idetcd(
     backend: str,
     endpoints: Sequence[str],
@@ -313,45 +450,23 @@ def run_idetcd(
     first: int,
     timeout: float,
     max_s: float,
+    procs: int,
     atomic: bool = False,
 ) -> Run:
     cluster = f"idetcd{uuid.uuid4().hex[:8]}"
-    base = f"/idetcd/{cluster}/{POOL}"
     if backend == "zookeeper":
-        hosts = ",".join(e.split("://")[-1] for e in endpoints)
         from kazoo.client import KazooClient
 
-        setup = KazooClient(hosts=hosts)
+        setup = KazooClient(hosts=zk_hosts(endpoints))
         setup.start(timeout=30)
-        setup.ensure_path(base)  # the parent exists before the storm (not counted)
+        setup.ensure_path(f"/idetcd/{cluster}/{POOL}")  # exists before the storm (not counted)
         setup.stop()
         setup.close()
-        probes: list[Probe] = [ZkProbe(hosts, base) for _ in range(n)]
-    else:
-        probes = [EtcdProbe(endpoints[0], base, atomic) for _ in range(n)]
-    stop = threading.Event()
-
-    def node(i: int) -> Outcome:
-        probe = probes[i]
-        probe.start()
-        for slot in range(first, first + n):
-            if stop.is_set():
-                return Outcome(None, probe.ops, error="stopped at the time cap")
-            if probe.missing(slot) and probe.take(slot):
-                return Outcome(slot, probe.ops)
-        return Outcome(None, probe.ops, error="no free id")
-
-    timer = threading.Timer(max_s, stop.set)
-    timer.start()
-    try:
-        outcomes, wall = storm(n, node, timeout + max_s)
-    finally:
-        timer.cancel()
-        for p in probes:
-            p.close()
     name = "idetcd-atomic" if atomic and backend == "etcd" else "idetcd"
-    run = Run(backend, name, n, first, outcomes, wall)
-    if stop.is_set():
+    job = Job(name, backend, tuple(endpoints), n, first, cluster, timeout + max_s, max_s)
+    outcomes, wall = storm(job, procs)
+    run = Run(backend, name, n, first, outcomes, wall, {"procs": procs})
+    if any(o.error == CAPPED for o in outcomes):
         extrapolate(run)
     return run
 
@@ -410,6 +525,8 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=1, help="first ID (idetcd's was 1)")
     ap.add_argument("--no-baseline", action="store_true", help="skip idetcd's linear probing")
     ap.add_argument("--repeat", type=int, default=1, help="idstore runs; the quietest is shown")
+    ap.add_argument("--procs", type=int, default=0,
+                    help=f"worker processes (default: one per {NODES_PER_PROC} nodes)")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=120.0, help="idstore: seconds per run")
     ap.add_argument("--baseline-max-s", type=float, default=300.0,
                     help="stop the baseline after this long and extrapolate")  # fmt: skip
@@ -419,10 +536,11 @@ def main() -> None:
     if not 1 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes must be between 1 and {MAX_NODES}")
     logging.basicConfig(level=logging.ERROR)
+    procs = args.procs or -(-args.nodes // NODES_PER_PROC)
 
     with store_endpoints(args.backend, args.endpoints) as endpoints:
         runs = [
-            run_idstore(args.backend, endpoints, args.nodes, args.first, args.timeout)
+            run_idstore(args.backend, endpoints, args.nodes, args.first, args.timeout, procs)
             for _ in range(max(1, args.repeat))
         ]
         best = min(runs, key=lambda r: r.wall_s)
@@ -438,6 +556,7 @@ def main() -> None:
             args.first,
             args.timeout,
             args.baseline_max_s,
+            procs,
             args.baseline_atomic,
         ).figures()
         emit(base)
