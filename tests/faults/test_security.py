@@ -4,6 +4,11 @@
   ``idstore serve`` processes with [store] tls_* and https:// endpoints claim and serve;
   clients without a certificate, with one from another CA, or over plain http are
   refused.
+- ZooKeeper with TLS client certificates (secure client port, ssl.clientAuth=need), the
+  same PKI: real nodes claim and serve, a second TLS client sees their claims; clients
+  without a trusted certificate, or without TLS, are refused within their connect
+  timeout with an error naming the endpoint (and the TLS failure); idstore refuses a
+  server whose certificate, though signed by the CA, names another host.
 - etcd with user/password auth and a 2 s auth-token lifetime: nodes idle well past the
   token's lifetime (their keepalives are 3 s apart, so every one of them meets an expired
   token) and still renew, watch, and claim again after losing their lease; a wrong
@@ -20,14 +25,18 @@ Everything listens on loopback only; every loop is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -42,8 +51,8 @@ from idstore.errors import StoreError, StoreUnavailable
 from tests.faults.conftest import report
 from tests.harness.etcd_server import EtcdServer, EtcdTls, etcdctl
 from tests.harness.nodes import HOST, NodeProcess, addresses_of, query, rcode, wait_for
-from tests.harness.tls import Pki, make_pki
-from tests.harness.zk_server import ZooKeeperServer
+from tests.harness.tls import CertKey, Pki, make_pki
+from tests.harness.zk_server import ZooKeeperServer, ZooKeeperTls
 
 pytestmark = pytest.mark.faults
 
@@ -118,24 +127,58 @@ def tls_store(pki: Pki) -> dict[str, str]:
     return {"tls_ca": str(pki.ca), "tls_cert": str(pki.client.cert), "tls_key": str(pki.client.key)}
 
 
-def test_etcd_tls_nodes_claim_and_serve(tls_etcd: EtcdServer, pki: Pki, tmp_path: Path) -> None:
-    cfg, cluster = config(tmp_path, "etcd", tls_etcd.endpoints, tls_store(pki))
+UNTRUSTED = ["no client certificate", "certificate from another CA"]
+
+
+def tls_options(
+    endpoints: tuple[str, ...], pki: Pki, client: CertKey | None, **extra: Any
+) -> StoreOptions:
+    """Store options of a client that trusts ``pki.ca`` and shows ``client``'s
+    certificate (None: none); 2 s to connect unless ``extra`` says otherwise."""
+    options = StoreOptions(
+        endpoints=endpoints,
+        connect_timeout=2,
+        tls_ca=str(pki.ca),
+        tls_cert=str(client.cert) if client else None,
+        tls_key=str(client.key) if client else None,
+    )
+    return replace(options, **extra)
+
+
+def untrusted_options(endpoints: tuple[str, ...], pki: Pki, who: str) -> StoreOptions:
+    """A client the server must refuse (``who`` is one of UNTRUSTED)."""
+    stranger = who == "certificate from another CA"
+    return tls_options(endpoints, pki, pki.stranger if stranger else None)
+
+
+def two_nodes_claim_and_serve(tmp: Path, cfg: Path, check_store: Callable[[], None]) -> None:
+    """Nodes n0 and n1 of ``cfg`` claim slots 0 and 1 and both serve both names;
+    ``check_store()`` then looks at the claims in the store, while they are held."""
     expected = {"worker0.tf.local.": {"192.0.2.1"}, "worker1.tf.local.": {"192.0.2.2"}}
-    with node(tmp_path, cfg, 0) as n0:
+    with node(tmp, cfg, 0) as n0:
         n0.wait_claimed()  # one after the other: node i holds slot i
-        with node(tmp_path, cfg, 1) as n1:
+        with node(tmp, cfg, 1) as n1:
             n1.wait_claimed()
             for n in (n0, n1):
                 wait_view(n, expected)
-            keys = tls_etcd.ctl("get", "--prefix", "--keys-only", f"/idstore/{cluster}/worker/")
-            assert sorted(k for k in keys.split() if k) == [
-                f"/idstore/{cluster}/worker/0",
-                f"/idstore/{cluster}/worker/1",
-            ]
+            check_store()
             assert n1.stop() == 0
         assert n0.stop() == 0
     for n in (n0, n1):
         assert_clean(n)
+
+
+def test_etcd_tls_nodes_claim_and_serve(tls_etcd: EtcdServer, pki: Pki, tmp_path: Path) -> None:
+    cfg, cluster = config(tmp_path, "etcd", tls_etcd.endpoints, tls_store(pki))
+
+    def check_store() -> None:
+        keys = tls_etcd.ctl("get", "--prefix", "--keys-only", f"/idstore/{cluster}/worker/")
+        assert sorted(k for k in keys.split() if k) == [
+            f"/idstore/{cluster}/worker/0",
+            f"/idstore/{cluster}/worker/1",
+        ]
+
+    two_nodes_claim_and_serve(tmp_path, cfg, check_store)
 
 
 def wait_view(n: NodeProcess, expected: dict[str, set[str]], timeout: float = 10) -> None:
@@ -147,19 +190,11 @@ def wait_view(n: NodeProcess, expected: dict[str, set[str]], timeout: float = 10
     wait_for(seen, timeout, f"{expected} on {n.name}")
 
 
-@pytest.mark.parametrize("who", ["no client certificate", "certificate from another CA"])
+@pytest.mark.parametrize("who", UNTRUSTED)
 def test_etcd_tls_refuses_clients_without_a_trusted_certificate(
     tls_etcd: EtcdServer, pki: Pki, who: str
 ) -> None:
-    stranger = who != "no client certificate"
-    options = StoreOptions(
-        endpoints=tls_etcd.endpoints,
-        connect_timeout=2,
-        tls_ca=str(pki.ca),
-        tls_cert=str(pki.stranger.cert) if stranger else None,
-        tls_key=str(pki.stranger.key) if stranger else None,
-    )
-    store = backends.create("etcd", options)
+    store = backends.create("etcd", untrusted_options(tls_etcd.endpoints, pki, who))
     with pytest.raises(StoreUnavailable) as err:
         store.open()
     assert tls_etcd.endpoints[0] in str(err.value)
@@ -199,6 +234,127 @@ def test_node_stopped_before_it_could_connect_exits_cleanly(
         wait_for(lambda: "store not reachable" in n0.log(), 20, "the node to report the store")
         assert n0.stop() == 0, n0.log()
     assert_clean(n0)
+
+
+# -- ZooKeeper with TLS client certificates ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_zk(pki: Pki) -> Iterator[ZooKeeperServer]:
+    with ZooKeeperServer(tls=ZooKeeperTls(pki.ca, pki.server.cert, pki.server.key)) as server:
+        yield server
+
+
+def test_zookeeper_tls_nodes_claim_and_serve(
+    tls_zk: ZooKeeperServer, pki: Pki, tmp_path: Path
+) -> None:
+    cfg, cluster = config(tmp_path, "zookeeper", tls_zk.endpoints, tls_store(pki))
+
+    def check_store() -> None:
+        # Another TLS client, with the same certificate, sees both claims.
+        options = tls_options(
+            tls_zk.endpoints, pki, pki.client, cluster=cluster, connect_timeout=10
+        )
+        store = backends.create("zookeeper", options)
+        store.open()
+        try:
+            claims = store.list("worker").claims
+        finally:
+            store.close()
+        assert {slot: c.record.node_id for slot, c in claims.items()} == {0: "n0", 1: "n1"}
+
+    two_nodes_claim_and_serve(tmp_path, cfg, check_store)
+
+
+@pytest.mark.parametrize("who", UNTRUSTED)
+def test_zookeeper_tls_refuses_clients_without_a_trusted_certificate(
+    tls_zk: ZooKeeperServer, pki: Pki, who: str
+) -> None:
+    options = untrusted_options(tls_zk.endpoints, pki, who)
+    store = backends.create("zookeeper", options)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            store.open()
+    finally:
+        store.close()
+    elapsed = time.monotonic() - started
+    # kazoo retries a refused handshake until connect_timeout; the error says why.
+    text = str(err.value)
+    assert f"{tls_zk.endpoints[0]}: TLS handshake failed" in text, text
+    assert elapsed < options.connect_timeout + 2, elapsed
+    report("zookeeper", "8 security", f"TLS, {who}: refused after {elapsed:.1f} s: {text}")
+
+
+def test_zookeeper_tls_plain_client_is_refused(tls_zk: ZooKeeperServer) -> None:
+    options = StoreOptions(endpoints=tls_zk.endpoints, connect_timeout=2)
+    store = backends.create("zookeeper", options)
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            store.open()
+    finally:
+        store.close()
+    assert tls_zk.endpoints[0] in str(err.value), err.value
+
+
+def test_zookeeper_tls_node_without_certificate_claims_nothing(
+    tls_zk: ZooKeeperServer, pki: Pki, tmp_path: Path
+) -> None:
+    """What an operator sees: warnings naming the endpoint and the TLS failure, no
+    claim, and a clean exit on SIGTERM."""
+    cfg, _ = config(tmp_path, "zookeeper", tls_zk.endpoints, {"tls_ca": str(pki.ca)})
+    with node(tmp_path, cfg, 0) as n0:
+        wait_for(lambda: "store not reachable" in n0.log(), 20, "the node to report the store")
+        assert "claimed slot" not in n0.log()
+        assert n0.stop() == 0, n0.log()
+    warning = next(line for line in n0.log().splitlines() if "store not reachable" in line)
+    assert f"{tls_zk.endpoints[0]}: TLS handshake failed" in warning, warning
+    assert_clean(n0)
+
+
+@contextlib.contextmanager
+def tls_listener(cert: CertKey) -> Iterator[str]:
+    """A loopback TLS server that presents ``cert`` and serves nothing: what a client's
+    own checks of the server make of it. Yields its ``host:port``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert, cert.key)
+    stop = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(2)
+            # The handshake is all there is; the client is expected to abort it.
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+    with socket.create_server((HOST, 0)) as listener:
+        listener.settimeout(0.1)  # to notice ``stop``
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        try:
+            yield f"{HOST}:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join(5)
+
+
+def test_zookeeper_tls_refuses_a_server_certificate_for_another_host(pki: Pki) -> None:
+    """The CA signed it, but for impostor.invalid: kazoo alone would accept it (it checks
+    no host names by default), so any server certificate of the CA could pose as the
+    store."""
+    with tls_listener(pki.impostor) as endpoint:
+        store = backends.create("zookeeper", tls_options((endpoint,), pki, pki.client))
+        try:
+            with pytest.raises(StoreUnavailable) as err:
+                store.open()
+        finally:
+            store.close()
+    text = str(err.value)
+    assert f"{endpoint}: TLS handshake failed" in text and "mismatch" in text, text
 
 
 # -- etcd with user/password auth --------------------------------------------------------

@@ -2,8 +2,11 @@
 
 ``make_pki(directory)`` writes a CA, a server certificate for 127.0.0.1 (IP SAN, also
 ``localhost``) and a client certificate signed by that CA, plus a second CA nobody
-trusts with a client certificate of its own (a "stranger" the server must refuse).
-Keys are EC P-256: quick to generate, accepted by etcd (Go) and gRPC.
+trusts with a client certificate of its own (a "stranger" the server must refuse), and
+an "impostor": a server certificate of the trusted CA for another host name, which a
+client must refuse when it checks the name.
+Keys are EC P-256 (PKCS#8 PEM): quick to generate, accepted by etcd (Go), gRPC,
+Python's ssl (kazoo) and ZooKeeper's PEM key and trust stores.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Pki:
     server: CertKey  # for 127.0.0.1
     client: CertKey  # signed by ``ca``: a legitimate client
     stranger: CertKey  # signed by another CA: a client the server must refuse
+    impostor: CertKey  # signed by ``ca`` for impostor.invalid: not a server for 127.0.0.1
 
 
 def _openssl(*args: str) -> None:
@@ -84,4 +88,5 @@ def make_pki(directory: Path) -> Pki:
         ),
         client=_leaf(directory, "idstore", ca, "clientAuth", None),
         stranger=_leaf(directory, "stranger", other, "clientAuth", None),
+        impostor=_leaf(directory, "impostor", ca, "serverAuth", "DNS:impostor.invalid"),
     )

@@ -9,6 +9,10 @@ raises RuntimeError with the tail of its log: the tests that need it fail, never
 ``ZooKeeperServer`` is one standalone server. ``ZooKeeperEnsemble`` runs three members
 on distinct client/peer/election ports; both are built from ``_Member``, one process
 with its own config and data dir.
+
+``ZooKeeperServer(tls=ZooKeeperTls(...))`` also serves clients over TLS, by default
+requiring a client certificate signed by the given CA; its ``endpoints`` are then the
+TLS port's.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ JAVA = shutil.which("java") or "/usr/bin/java"
 JARS = Path("/usr/share/java")
 # One SLF4J binding only: /usr/share/java/* holds several and SLF4J would then pick the
 # no-op one, leaving no server log to show when something goes wrong.
-CLASSPATH_JARS = ("zookeeper.jar", "slf4j-log4j12.jar", "log4j-1.2.jar")
+CLASSPATH_JARS = ("zookeeper.jar", "slf4j-log4j12.jar", "log4j-1.2.jar", "netty-codec.jar")
+# netty-codec is for TLS: Netty's SslHandler extends its ByteToMessageDecoder, and the
+# Class-Path in the Debian zookeeper.jar's manifest lacks it, so every TLS connection
+# failed with ClassNotFoundException: io.netty.handler.codec.ByteToMessageDecoder.
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 LOOPBACK = "127.0.0.1"
 # Small ticks: ZooKeeper only grants session timeouts in [2, 20] ticks, and the tests use
@@ -83,6 +90,39 @@ class Ports:
     client: int
     peer: int = 0  # quorum traffic; only used in an ensemble
     election: int = 0
+    secure: int = 0  # clients over TLS; only with ZooKeeperTls
+
+
+@dataclass(frozen=True)
+class ZooKeeperTls:
+    """Serve clients over TLS on a secure port, next to the plain one.
+
+    The plain port stays open (on loopback) for the harness itself: ``srvr`` readiness
+    checks and ``four_letter_word`` need no certificate there.
+    """
+
+    ca: Path  # trusted for client certificates
+    server_cert: Path
+    server_key: Path  # PEM; PKCS#8 EC keys (as tls.make_pki writes) work
+    client_auth: str = "need"  # ssl.clientAuth: need | want | none
+
+    def config(self, directory: Path, port: int) -> list[str]:
+        """zoo.cfg lines for a secure port; writes the key store into ``directory``."""
+        # A PEM key store is one file holding the certificate and its key.
+        keystore = directory / "server.pem"
+        keystore.touch(mode=0o600)
+        keystore.write_text(self.server_cert.read_text() + self.server_key.read_text())
+        return [
+            # The default NIO connection factory cannot do TLS; Netty serves both ports.
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+            f"secureClientPort={port}",
+            f"secureClientPortAddress={LOOPBACK}",
+            f"ssl.keyStore.location={keystore}",
+            "ssl.keyStore.type=PEM",
+            f"ssl.trustStore.location={self.ca}",
+            "ssl.trustStore.type=PEM",
+            f"ssl.clientAuth={self.client_auth}",
+        ]
 
 
 class _Member:
@@ -95,9 +135,11 @@ class _Member:
         tick_ms: int,
         server_id: int = 0,
         peers: Sequence[tuple[int, Ports]] = (),
+        tls: ZooKeeperTls | None = None,
     ) -> None:
         self.dir = workdir
         self.ports = ports
+        self.tls = tls
         self.tick_ms = tick_ms
         self.server_id = server_id
         self.peers = tuple(peers)
@@ -108,7 +150,8 @@ class _Member:
 
     @property
     def endpoint(self) -> str:
-        return f"{LOOPBACK}:{self.ports.client}"
+        """Where clients connect: the TLS port when there is one."""
+        return f"{LOOPBACK}:{self.ports.secure if self.tls else self.ports.client}"
 
     def _write_config(self) -> None:
         data = self.dir / "data"
@@ -131,6 +174,8 @@ class _Member:
         if self.peers:
             (data / "myid").write_text(f"{self.server_id}\n")
             lines += [f"server.{sid}={LOOPBACK}:{p.peer}:{p.election}" for sid, p in self.peers]
+        if self.tls:
+            lines += self.tls.config(self.dir, self.ports.secure)
         (self.dir / "zoo.cfg").write_text("\n".join(lines) + "\n")
         (self.dir / "log4j.properties").write_text(LOG4J.format(path=self.log_path))
 
@@ -266,9 +311,15 @@ class ZooKeeperServer(_StartedInBlock):
     the same server back, with its sessions and znodes.
     """
 
-    def __init__(self, tick_ms: int = DEFAULT_TICK_MS, startup_timeout: float = STARTUP_TIMEOUT):
+    def __init__(
+        self,
+        tick_ms: int = DEFAULT_TICK_MS,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        tls: ZooKeeperTls | None = None,
+    ) -> None:
         self.tick_ms = tick_ms
         self.startup_timeout = startup_timeout
+        self.tls = tls
         self._tmp: Path | None = None
         self._member: _Member | None = None
 
@@ -278,6 +329,7 @@ class ZooKeeperServer(_StartedInBlock):
 
     @property
     def port(self) -> int:
+        """The plain client port (four-letter words), also with TLS."""
         return self._require().ports.client
 
     def _require(self) -> _Member:
@@ -291,7 +343,8 @@ class ZooKeeperServer(_StartedInBlock):
     def start(self) -> None:
         if self._member is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="idstore-zk-"))
-            self._member = _Member(self._tmp, Ports(free_port()), self.tick_ms)
+            ports = Ports(free_port(), secure=free_port() if self.tls else 0)
+            self._member = _Member(self._tmp, ports, self.tick_ms, tls=self.tls)
         self._member.start()
         _wait_serving([self._member], self.startup_timeout)
 
