@@ -51,6 +51,7 @@ import logging
 import math
 import queue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -93,6 +94,7 @@ from idstore.backends.base import (
     position_of,
 )
 from idstore.errors import (
+    ConfigError,
     NotOwner,
     SessionLost,
     SlotTaken,
@@ -114,6 +116,15 @@ _STATE_SETTLE = 5.0
 # enqueue): in a new pool the herd then finds it made after the first few arrivals.
 TREE_MAKERS = 1 / 16
 _SCHEMES = ("zk://", "zookeeper://")
+
+
+def _connect_failure(host: str, port: int, e: Exception) -> str:
+    """``host:port: reason`` of a failed connection attempt, naming a TLS failure as such
+    (kazoo wraps the ssl error into a generic "socket connection error")."""
+    cause = e if isinstance(e, ssl.SSLError) else e.__cause__ or e.__context__
+    if isinstance(cause, ssl.SSLError):
+        return f"{host}:{port}: TLS handshake failed: {cause.strerror or cause}"
+    return f"{host}:{port}: {e}"
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,8 @@ class ZooKeeperStore(SlotStore):
         self._ping_sent = 0.0  # monotonic send time of the latest ping
         self._confirmed = 0.0  # send time of the latest ping the server answered
         self._negotiated = options.ttl  # session timeout the server granted, seconds
+        # Why the latest connection attempt failed ("host:port: reason"), for open().
+        self._last_connect_error: str | None = None
         self._connected = threading.Event()
         self._watches: set[_PoolWatch] = set()
         self._known_pools: set[str] = set()
@@ -231,9 +244,44 @@ class ZooKeeperStore(SlotStore):
             return []
         return [("digest", f"{o.username}:{o.password or ''}")]
 
+    def _use_tls(self) -> bool:
+        """Whether to speak TLS, after loading the files once.
+
+        kazoo loads them anew on every connection attempt and treats any failure as a
+        dropped connection it retries until connect_timeout; a missing or malformed
+        file would then read as an unreachable store. Loaded here, it is one
+        configuration error naming the key and the file.
+        """
+        o = self.options
+        if not (o.tls_ca or o.tls_cert or o.tls_key):
+            return False
+        if bool(o.tls_cert) != bool(o.tls_key):
+            raise ConfigError("store.tls_cert", o.tls_cert, "tls_cert and tls_key go together")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if o.tls_ca:
+            try:
+                context.load_verify_locations(o.tls_ca)
+            except OSError as e:  # ssl.SSLError included
+                raise ConfigError(
+                    "store.tls_ca",
+                    o.tls_ca,
+                    f"a readable PEM file of CA certificates ({e.strerror})",
+                ) from e
+        if o.tls_cert and o.tls_key:
+            try:
+                context.load_cert_chain(o.tls_cert, o.tls_key)
+            except OSError as e:
+                raise ConfigError(
+                    "store.tls_cert",
+                    o.tls_cert,
+                    f"a readable PEM certificate matching the PEM key {o.tls_key} ({e.strerror})",
+                ) from e
+        return True
+
     def _new_client(self) -> KazooClient:
         o = self.options
-        tls = bool(o.tls_ca or o.tls_cert)
+        tls = self._use_tls()
+        self._last_connect_error = None
         client = KazooClient(
             hosts=self._spec.hosts,
             timeout=o.ttl,
@@ -252,6 +300,11 @@ class ZooKeeperStore(SlotStore):
             ca=o.tls_ca,
             certfile=o.tls_cert,
             keyfile=o.tls_key,
+            # kazoo checks the server's chain but, by default, not that the certificate
+            # names the server: any server certificate the CA (or, as kazoo also loads
+            # them, a system CA) signed could pose as the store. etcd's client checks both.
+            verify_certs=True,
+            check_hostname=tls,
             logger=logging.getLogger("kazoo.client"),
         )
         self._instrument(client)
@@ -296,9 +349,15 @@ class ZooKeeperStore(SlotStore):
                 self.renewals += 1
             return result
 
-        def connect_measured(*args: Any, **kwargs: Any) -> Any:
+        def connect_measured(host: str, hostip: str, port: int) -> Any:
             started = time.monotonic()
-            read_timeout, connect_timeout = connect(*args, **kwargs)
+            try:
+                read_timeout, connect_timeout = connect(host, hostip, port)
+            except Exception as e:
+                # kazoo only logs the failure and tries again until start() times out;
+                # kept, so that open() can say why (a refused TLS handshake, say).
+                self._last_connect_error = _connect_failure(host, port, e)
+                raise
             self._last_heard = time.monotonic()
             self._confirmed = started
             # kazoo derives its read timeout as 2/3 of the negotiated timeout (ms).
@@ -335,9 +394,10 @@ class ZooKeeperStore(SlotStore):
             client.start(timeout=self.options.connect_timeout)
         except (KazooTimeoutError, KazooException, OSError) as e:
             self._client = None
+            failure = self._last_connect_error
             raise StoreUnavailable(
-                f"no ZooKeeper server answered within {self.options.connect_timeout}s "
-                f"(tried {self._spec.hosts})"
+                f"no ZooKeeper session within {self.options.connect_timeout}s "
+                f"(tried {self._spec.hosts})" + (f"; last attempt: {failure}" if failure else "")
             ) from e
         if not self._connected.wait(_STATE_SETTLE):
             raise StoreUnavailable(f"ZooKeeper session on {self._spec.hosts} did not settle")
@@ -802,8 +862,9 @@ class ZooKeeperStore(SlotStore):
         # first few arrivals, and in a pool that exists this costs 3/16 of a request per
         # node. After a NoNode the retry makes the tree first (see _next_tree_plan).
         plan = _TreePlan(False, 0) if random.random() < TREE_MAKERS else None
+        depth = pool_path.count("/")
         with self._translated(what):
-            for _ in range(pool_path.count("/") + 2):
+            for _ in range(depth + 2):
                 # Pipelined; one session's requests are served in order, so the listing
                 # already holds our entry and every older one.
                 made = self._make_tree(client, pool_path, plan) if plan else []
@@ -817,7 +878,7 @@ class ZooKeeperStore(SlotStore):
                 except NoNodeError:
                     with contextlib.suppress(NoNodeError):
                         self._wait(children)
-                    plan = self._next_tree_plan(made, plan)
+                    plan = self._next_tree_plan(made, plan, depth)
                     continue
                 for request in made:  # done; whoever made the tree, it is there
                     with contextlib.suppress(KazooException):
@@ -840,29 +901,36 @@ class ZooKeeperStore(SlotStore):
         self._send(len(paths))
         return [client.create_async(p, b"", acl=self._acl) for p in paths]
 
-    def _next_tree_plan(self, made: Sequence[Any], plan: _TreePlan | None) -> _TreePlan:
+    def _next_tree_plan(
+        self, made: Sequence[Any], plan: _TreePlan | None, depth: int
+    ) -> _TreePlan:
         """The entry met no pool: how to make the tree on the next attempt.
 
-        First as one transaction from the top: one request, not one per component, and
-        in a new cluster it either makes the whole tree or finds it made by someone
-        else's. When that failed on a component that exists (a new pool or cluster in
-        an older tree), that component and its parents are known: one create per
-        component below it follows, each of which may find its znode there. A tree that
-        was made and the entry still met no pool was removed meanwhile: from the top.
+        One transaction for the cluster and pool znodes, the prefix assumed made: one
+        request, not one per component. A shared ensemble has the prefix from its first
+        cluster on, and every new cluster's herd then either makes the rest or finds it
+        made. The transaction fails with NoNode when the prefix is missing (first use:
+        again from the top) and with NodeExists on a component that exists (a new pool
+        in an older cluster): that component and its parents are known, and one create
+        per component below follows, each of which may find its znode there. A tree
+        made and still no pool for the entry: removed meanwhile, start over.
         """
+        below_prefix = _TreePlan(True, max(0, depth - 2))  # <prefix>/<cluster>/<pool>
         if plan is None:
-            return _TreePlan(True, 0)
+            return below_prefix
         if not plan.one_transaction:
             for request in made:
                 with contextlib.suppress(NodeExistsError, NoNodeError):
                     self._wait(request)
-            return _TreePlan(True, 0)
+            return below_prefix
         results = self._wait(made[0])
         failed = _failed_op(results)
         if failed is None:
-            return _TreePlan(True, 0)
+            return below_prefix
         if isinstance(results[failed], NodeExistsError):
             return _TreePlan(False, plan.known + failed + 1)
+        if isinstance(results[failed], NoNodeError):
+            return _TreePlan(True, 0)
         raise results[failed]
 
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
