@@ -106,6 +106,7 @@ class Run:
             "store_ops_total": sum(ops),
             "ops_per_node_mean": round(sum(ops) / len(ops), 3),
             "ops_per_node_max": max(ops),
+            **({"ops_per_node_histogram": histogram(ops)} if len(set(ops)) <= 20 else {}),
             "duplicates": len(slots) - len(set(slots)),
             "dense": sorted(slots) == list(range(self.first, self.first + self.nodes)),
             "nodes_without_id": len(self.outcomes) - len(slots),
@@ -113,6 +114,11 @@ class Run:
             **self.extras,
             "loadavg": loadavg(),
         }
+
+
+def histogram(ops: list[int]) -> dict[str, int]:
+    """How many nodes sent how many requests (JSON keys are strings)."""
+    return {str(k): ops.count(k) for k in sorted(set(ops))}
 
 
 def loadavg() -> list[float]:
@@ -546,6 +552,9 @@ def main() -> None:
         best = min(runs, key=lambda r: r.wall_s)
         best.extras["wall_s_runs"] = [round(r.wall_s, 3) for r in runs]
         best.extras["ops_per_node_mean_runs"] = [r.figures()["ops_per_node_mean"] for r in runs]
+        best.extras["ops_per_node_histogram_runs"] = [
+            histogram([o.ops for o in r.outcomes]) for r in runs
+        ]
         ours = best.figures()
         emit(ours)
         if args.no_baseline:

@@ -112,9 +112,10 @@ _PING_XID = -2  # kazoo.protocol.connection.PING_XID: the xid of ping replies
 SPECULATIVE_READS = 4
 # How long open() waits for the state machine to see the new session.
 _STATE_SETTLE = 5.0
-# Share of enqueues that create the pool's tree ahead of their entry, unasked (see
-# enqueue): in a new pool the herd then finds it made after the first few arrivals.
-TREE_MAKERS = 1 / 16
+# Every this many sessions, one makes the pool's tree ahead of its queue entry, unasked
+# (see enqueue): in a new pool the herd then finds it made after the first few
+# arrivals. 0: nobody does.
+TREE_MAKER_EVERY = 8
 _SCHEMES = ("zk://", "zookeeper://")
 
 
@@ -857,12 +858,16 @@ class ZooKeeperStore(SlotStore):
         pool_path = self._pool_path(pool)
         # A new pool meets the whole herd missing: every node whose entry reaches the
         # server before someone's create of the pool does fails and pays a retry.
-        # Measured on 1000 nodes: up to 36 % of them. So a random TREE_MAKERS of the nodes
-        # create the tree ahead of their entry without asking; the pool exists after the
-        # first few arrivals, and in a pool that exists this costs 3/16 of a request per
-        # node. After a NoNode the retry makes the tree first (see _next_tree_plan).
-        plan = _TreePlan(False, 0) if random.random() < TREE_MAKERS else None
+        # Measured on 1000 nodes: up to 36 % of them. So every TREE_MAKER_EVERY-th
+        # session makes the tree ahead of its entry without asking (the server numbers
+        # sessions consecutively: a herd's first 8 sessions hold one maker; a random
+        # 1 in 16 left ~25 % of 100 nodes failing). Two transactions, one request each:
+        # the whole tree (an ensemble's first cluster) and the cluster and pool under
+        # the prefix (any later one); in a pool that exists they cost 1/4 of a request
+        # per node. After a NoNode the retry makes the tree first (see _next_tree_plan).
         depth = pool_path.count("/")
+        below_prefix = max(0, depth - 2)  # <prefix>/<cluster>/<pool>
+        plan = _TreePlan((0, below_prefix)) if self._tree_maker(client) else None
         with self._translated(what):
             for _ in range(depth + 2):
                 # Pipelined; one session's requests are served in order, so the listing
@@ -878,7 +883,7 @@ class ZooKeeperStore(SlotStore):
                 except NoNodeError:
                     with contextlib.suppress(NoNodeError):
                         self._wait(children)
-                    plan = self._next_tree_plan(made, plan, depth)
+                    plan = self._next_tree_plan(made, plan, below_prefix)
                     continue
                 for request in made:  # done; whoever made the tree, it is there
                     with contextlib.suppress(KazooException):
@@ -888,50 +893,62 @@ class ZooKeeperStore(SlotStore):
                 return self._position_of(client, ticket, names, stat, slots, node_id)
         raise StoreError(f"{what}: the pool kept vanishing")
 
+    @staticmethod
+    def _tree_maker(client: KazooClient) -> bool:
+        every = TREE_MAKER_EVERY
+        sid = client.client_id[0] if client.client_id else 0
+        return every > 0 and int(sid) % every == 0
+
     def _make_tree(self, client: KazooClient, path: str, plan: _TreePlan) -> Sequence[Any]:
-        """Send the creates of the components of ``path`` past the ``plan.known`` first."""
+        """Send the plan's creates of the components of ``path`` (see _TreePlan)."""
         parts = path.strip("/").split("/")
-        paths = ["/" + "/".join(parts[:i]) for i in range(plan.known + 1, len(parts) + 1)]
-        if plan.one_transaction:
+
+        def past(known: int) -> list[str]:
+            return ["/" + "/".join(parts[:i]) for i in range(known + 1, len(parts) + 1)]
+
+        if plan.separate:
+            paths = past(plan.starts[0])
+            self._send(len(paths))
+            return [client.create_async(p, b"", acl=self._acl) for p in paths]
+        requests = []
+        for known in plan.starts:
             tx = client.transaction()
-            for p in paths:
+            for p in past(known):
                 tx.create(p, b"", acl=self._acl)
-            self._send()
-            return [tx.commit_async()]
-        self._send(len(paths))
-        return [client.create_async(p, b"", acl=self._acl) for p in paths]
+            requests.append(tx.commit_async())
+        self._send(len(requests))
+        return requests
 
     def _next_tree_plan(
-        self, made: Sequence[Any], plan: _TreePlan | None, depth: int
+        self, made: Sequence[Any], plan: _TreePlan | None, below_prefix: int
     ) -> _TreePlan:
         """The entry met no pool: how to make the tree on the next attempt.
 
         One transaction for the cluster and pool znodes, the prefix assumed made: one
         request, not one per component. A shared ensemble has the prefix from its first
         cluster on, and every new cluster's herd then either makes the rest or finds it
-        made. The transaction fails with NoNode when the prefix is missing (first use:
-        again from the top) and with NodeExists on a component that exists (a new pool
-        in an older cluster): that component and its parents are known, and one create
-        per component below follows, each of which may find its znode there. A tree
-        made and still no pool for the entry: removed meanwhile, start over.
+        made. A transaction fails with NodeExists on a component that exists (a new
+        pool in an older cluster): that component and its parents are known, and one
+        create per component below follows, each of which may find its znode there.
+        All failing with NoNode: the prefix is missing (first use): from the top. A
+        tree made and still no pool for the entry: removed meanwhile, start over.
         """
-        below_prefix = _TreePlan(True, max(0, depth - 2))  # <prefix>/<cluster>/<pool>
-        if plan is None:
-            return below_prefix
-        if not plan.one_transaction:
+        if plan is None or plan.separate:
             for request in made:
                 with contextlib.suppress(NodeExistsError, NoNodeError):
                     self._wait(request)
-            return below_prefix
-        results = self._wait(made[0])
-        failed = _failed_op(results)
-        if failed is None:
-            return below_prefix
-        if isinstance(results[failed], NodeExistsError):
-            return _TreePlan(False, plan.known + failed + 1)
-        if isinstance(results[failed], NoNodeError):
-            return _TreePlan(True, 0)
-        raise results[failed]
+            return _TreePlan((below_prefix,))
+        known = -1
+        for start, request in zip(plan.starts, made, strict=True):
+            results = self._wait(request)
+            failed = _failed_op(results)
+            if failed is None:
+                return _TreePlan((below_prefix,))
+            if isinstance(results[failed], NodeExistsError):
+                known = max(known, start + failed + 1)
+            elif not isinstance(results[failed], NoNodeError):
+                raise results[failed]
+        return _TreePlan((known,), separate=True) if known >= 0 else _TreePlan((0,))
 
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
         # Names are cheap: always exact.
@@ -1282,11 +1299,12 @@ class _PoolWatch:
 
 @dataclass(frozen=True)
 class _TreePlan:
-    """How an enqueue makes the pool's tree: its components past the first ``known``,
-    as one transaction or as separate creates."""
+    """How an enqueue makes the pool's tree: per start, one transaction creating the
+    components past the first ``start``; or, ``separate``, one create per component
+    past ``starts[0]``."""
 
-    one_transaction: bool
-    known: int
+    starts: tuple[int, ...]
+    separate: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ are exact, not statistical:
 - etcd: 3 requests per node — lease grant, enqueue transaction (queue entry plus the
   counts it needs), claim transaction (which also leaves the queue);
 - ZooKeeper: 4 — session, queue entry and the pool's names (pipelined), claim
-  transaction; one node in 16 creates the pool's tree ahead of its entry (+3), and a
-  node that meets a brand-new pool still missing pays once for creating it (one
+  transaction; every 8th session sends two tree transactions ahead of its entry (+2),
+  and a node that meets a brand-new pool still missing pays once for creating it (one
   transaction for the cluster and pool znodes), in one round trip.
 """
 
@@ -101,18 +101,17 @@ def test_zookeeper_storm_four_requests_per_node(zk_server: object) -> None:
     first = storm("zookeeper", endpoints, cluster)
     assert_dense_and_unique(first)
     assert [n.claim_attempts for n in first] == [1] * NODES, "no lost race in a storm"
-    # A brand-new cluster: 4; 4 + 3 for the tree makers (one in 16 makes the tree ahead
-    # of its entry); 4 + 2 (the attempt that met no pool) + 1 (one transaction for the
-    # cluster and pool znodes, pipelined with the retry) for the nodes that came before
-    # the tree existed; + 3 more when that transaction found the cluster made by a
-    # maker whose create of the pool was still on its way. How many of each depends on
-    # the machine's load.
-    assert {n.requests for n in first} <= {4, 7, 10}
-    # Every later boot of the cluster (the pool znode persists): 4, or 7 for the makers.
+    # A brand-new cluster: 4; 4 + 2 for the tree makers (every 8th session sends two
+    # tree transactions ahead of its entry); 4 + 2 (the attempt that met no pool) + 1
+    # (one transaction for the cluster and pool znodes, pipelined with the retry) for
+    # the nodes that came before the tree existed. How many of each depends on the
+    # machine's load.
+    assert {n.requests for n in first} <= {4, 6, 7}
+    # Every later boot of the cluster (the pool znode persists): 4, or 6 for the makers.
     again = storm("zookeeper", endpoints, cluster)
     assert_dense_and_unique(again)
-    assert {n.requests for n in again} <= {4, 7}
-    assert sum(n.requests for n in again) < 4.5 * NODES, "about 1 in 16 makes the tree"
+    assert {n.requests for n in again} <= {4, 6}
+    assert sum(n.requests for n in again) < 4.5 * NODES, "1 in 8 makes the tree"
 
 
 def make_prefix(endpoints: Sequence[str]) -> None:
@@ -131,8 +130,8 @@ def test_zookeeper_new_pool_in_an_existing_tree(
     """The tree-making transaction assumes the prefix exists; when it does not (first
     use of an ensemble), or when it fails on a component that exists (a new pool in an
     older cluster), the node learns which and makes what is missing: one more round
-    trip. A tree maker creates the tree ahead of its entry and never meets it missing."""
-    monkeypatch.setattr(zookeeper, "TREE_MAKERS", 0.0)
+    trip. A tree maker sends the tree transactions ahead of its entry."""
+    monkeypatch.setattr(zookeeper, "TREE_MAKER_EVERY", 0)
     endpoints = tuple(zk_server.endpoints)  # type: ignore[attr-defined]
     fresh = StoreOptions(endpoints=endpoints, prefix=f"/tree{uuid.uuid4().hex[:8]}")
     store = backends.create("zookeeper", fresh)
@@ -150,12 +149,14 @@ def test_zookeeper_new_pool_in_an_existing_tree(
         # entry, names).
         assert requests_of(store) - sent == 2 + 3 + 3
         assert position.ticket is not None and position.ahead == 0
-        monkeypatch.setattr(zookeeper, "TREE_MAKERS", 1.0)
+        monkeypatch.setattr(zookeeper, "TREE_MAKER_EVERY", 1)
         sent = requests_of(store)
-        store.enqueue("chief", slots, "node-a")  # a maker: 3 creates ahead, entry, names
-        assert requests_of(store) - sent == 3 + 2
+        store.enqueue("chief", slots, "node-a")  # a maker, a new pool in an old cluster
+        # 2 transactions (both fail: the prefix, the cluster exist) + entry + names, then
+        # the pool's create + entry + names.
+        assert requests_of(store) - sent == 4 + 3
         sent = requests_of(store)
-        store.enqueue("chief", slots, "node-b")  # the same in a pool that exists
-        assert requests_of(store) - sent == 3 + 2
+        store.enqueue("chief", slots, "node-b")  # a maker, the pool exists: 2 + 2
+        assert requests_of(store) - sent == 4
     finally:
         store.close()
