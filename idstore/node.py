@@ -277,20 +277,7 @@ class Node:
         return changed, _needs_restart(self.settings, new)
 
     def _apply_dns(self, dns: DnsSettings) -> None:
-        reconfigure = getattr(self.zone, "reconfigure", None)
-        if callable(reconfigure):
-            reconfigure(dns)
-        else:
-            # Zone has no reconfigure method yet: swap its settings and let set_stale()
-            # recompute the answer TTLs and drop cached answers. Re-read the mirror's
-            # state afterwards so a concurrent stale/fresh change is never overwritten.
-            self.zone.dns = dns
-            self.zone.forwarding = bool(dns.forward)
-            while True:
-                since = self.mirror.stale_since
-                self.zone.set_stale(since)
-                if self.mirror.stale_since == since:
-                    break
+        self.zone.reconfigure(dns)
         self.dns.forwarder = Forwarder.from_settings(dns.forward, dns.forward_timeout, dns.listen)
 
 

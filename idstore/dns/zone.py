@@ -205,14 +205,31 @@ class Zone:
         """time.monotonic() since which the view is unconfirmed, or None when fresh."""
         with self._lock:
             self._stale_since = since
-            self._replies = {}
-            cap = self.dns.stale_ttl if since is not None else None
-            ttl = min(self.dns.ttl, cap) if cap is not None else self.dns.ttl
-            neg = min(self.dns.negative_ttl, cap) if cap is not None else self.dns.negative_ttl
-            if (ttl, neg) != (self._ttl, self._neg_ttl):
-                self._ttl, self._neg_ttl = ttl, neg
-                self._cache = {}
-                self._rebuild_soa()
+            self._retune()
+
+    def reconfigure(self, dns: DnsSettings) -> None:
+        """Apply reloaded DNS settings (SIGHUP): TTLs, stale limits, forwarding, query
+        logging. The zone, its reverse zones, the listeners and the rate limit are fixed
+        for the life of the process (the node reports them as needing a restart)."""
+        with self._lock:
+            self.dns = dns
+            self.forwarding = bool(dns.forward)
+            self._retune(rebuild=True)  # cached answers carry the old TTLs
+
+    def _retune(self, rebuild: bool = False) -> None:
+        """Answer TTLs for the settings and the stale state; the caller holds the lock.
+
+        Replies built for the earlier state are dropped: max_stale and the stale TTL
+        decide what they say. Cached answers go when their TTLs change (or ``rebuild``)."""
+        self._replies = {}
+        since = self._stale_since
+        cap = self.dns.stale_ttl if since is not None else None
+        ttl = min(self.dns.ttl, cap) if cap is not None else self.dns.ttl
+        neg = min(self.dns.negative_ttl, cap) if cap is not None else self.dns.negative_ttl
+        if rebuild or (ttl, neg) != (self._ttl, self._neg_ttl):
+            self._ttl, self._neg_ttl = ttl, neg
+            self._cache = {}
+            self._rebuild_soa()
 
     @property
     def serial(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import dns.edns
 import dns.flags
@@ -277,6 +278,25 @@ def test_serve_stale_caps_ttl_then_servfails() -> None:
     assert ask(zone, "example.com.").rcode() == dns.rcode.REFUSED
     zone.set_stale(None)
     assert ask(zone, "worker1.tf.local.").answer[0].ttl == 60
+
+
+def test_reconfigure_applies_new_ttls_and_stale_limits_at_once() -> None:
+    zone = make_zone(ttl=60, negative_ttl=60, stale_ttl=30, max_stale=100.0)
+    assert ask(zone, "worker1.tf.local.").answer[0].ttl == 60  # now cached
+    assert ask(zone, "nope.tf.local.").authority[0].ttl == 60
+    zone.reconfigure(replace(zone.dns, ttl=5, negative_ttl=7))
+    assert ask(zone, "worker1.tf.local.").answer[0].ttl == 5
+    soa = ask(zone, "nope.tf.local.").authority[0]
+    assert soa.ttl == 7 and soa[0].minimum == 7
+    zone.set_stale(time.monotonic() - 50)  # stale for 50 s: still inside max_stale
+    assert ask(zone, "worker1.tf.local.").rcode() == dns.rcode.NOERROR
+    zone.reconfigure(replace(zone.dns, max_stale=40.0, stale_ttl=3))
+    assert ask(zone, "worker1.tf.local.").rcode() == dns.rcode.SERVFAIL, "past the new limit"
+    zone.reconfigure(replace(zone.dns, max_stale=400.0))
+    assert ask(zone, "worker1.tf.local.").answer[0].ttl == 3, "the stale TTL caps the TTL"
+    assert ask(zone, "example.com.").rcode() == dns.rcode.REFUSED
+    zone.reconfigure(replace(zone.dns, forward=("127.0.0.1:53",)))
+    assert zone.forwarding
 
 
 def test_other_classes_and_transfers_are_refused(zone: Zone) -> None:
