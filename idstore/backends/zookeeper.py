@@ -51,6 +51,7 @@ import logging
 import math
 import queue
 import random
+import socket
 import ssl
 import threading
 import time
@@ -72,7 +73,7 @@ from kazoo.exceptions import (
     RolledBackError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.states import EventType as ZkEventType
 from kazoo.protocol.states import KazooState, WatchedEvent, ZnodeStat
 from kazoo.retry import KazooRetry
@@ -198,6 +199,32 @@ def _raise_first_failure(results: Sequence[Any]) -> None:
         raise failures[0]
 
 
+class _Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is untyped
+    """kazoo's threading handler, making TLS connections with idstore's context.
+
+    kazoo builds a context per attempt from file names, always adds the system's CAs
+    and checks no host name unless told; the store's context (see _tls_context) trusts
+    what the configuration says and checks the server's name.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self._tls = tls
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._tls is None or not kwargs.get("use_ssl"):
+            return super().create_connection(*args, **kwargs)
+        address = kwargs["address"]
+        sock = socket.create_connection(address, kwargs.get("timeout"))
+        try:
+            conn = self._tls.wrap_socket(sock, server_hostname=kwargs.get("hostname"))
+        except BaseException:
+            sock.close()
+            raise
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as kazoo does
+        return conn
+
+
 class ZooKeeperStore(SlotStore):
     """SlotStore on ZooKeeper through kazoo."""
 
@@ -245,20 +272,22 @@ class ZooKeeperStore(SlotStore):
             return []
         return [("digest", f"{o.username}:{o.password or ''}")]
 
-    def _use_tls(self) -> bool:
-        """Whether to speak TLS, after loading the files once.
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context to speak to the servers with, its files loaded once; None: plain.
 
-        kazoo loads them anew on every connection attempt and treats any failure as a
-        dropped connection it retries until connect_timeout; a missing or malformed
-        file would then read as an unreachable store. Loaded here, it is one
-        configuration error naming the key and the file.
+        kazoo would load the files anew on every connection attempt and treat any
+        failure as a dropped connection it retries until connect_timeout: a missing or
+        malformed file would read as an unreachable store. Loaded here, it is one
+        configuration error naming the key and the file. With ``tls_ca`` only that CA is
+        trusted, as with etcd (kazoo's own context adds the system's CAs); without it,
+        the system's. The server's certificate must name the host of the endpoint.
         """
         o = self.options
         if not (o.tls_ca or o.tls_cert or o.tls_key):
-            return False
+            return None
         if bool(o.tls_cert) != bool(o.tls_key):
             raise ConfigError("store.tls_cert", o.tls_cert, "tls_cert and tls_key go together")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
         if o.tls_ca:
             try:
                 context.load_verify_locations(o.tls_ca)
@@ -268,6 +297,8 @@ class ZooKeeperStore(SlotStore):
                     o.tls_ca,
                     f"a readable PEM file of CA certificates ({e.strerror})",
                 ) from e
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if o.tls_cert and o.tls_key:
             try:
                 context.load_cert_chain(o.tls_cert, o.tls_key)
@@ -277,13 +308,14 @@ class ZooKeeperStore(SlotStore):
                     o.tls_cert,
                     f"a readable PEM certificate matching the PEM key {o.tls_key} ({e.strerror})",
                 ) from e
-        return True
+        return context
 
     def _new_client(self) -> KazooClient:
         o = self.options
-        tls = self._use_tls()
+        tls = self._tls_context()
         self._last_connect_error = None
         client = KazooClient(
+            handler=_Handler(tls),
             hosts=self._spec.hosts,
             timeout=o.ttl,
             # Reconnect forever, quickly: a fresh session must follow an expiry at once, and
@@ -297,15 +329,7 @@ class ZooKeeperStore(SlotStore):
             ),
             auth_data=self.auth_data() or None,
             default_acl=self._acl,
-            use_ssl=tls,
-            ca=o.tls_ca,
-            certfile=o.tls_cert,
-            keyfile=o.tls_key,
-            # kazoo checks the server's chain but, by default, not that the certificate
-            # names the server: any server certificate the CA (or, as kazoo also loads
-            # them, a system CA) signed could pose as the store. etcd's client checks both.
-            verify_certs=True,
-            check_hostname=tls,
+            use_ssl=tls is not None,  # the handler makes the TLS connections
             logger=logging.getLogger("kazoo.client"),
         )
         self._instrument(client)

@@ -7,14 +7,18 @@ someone else, and come back CONNECTED under a new session once the server return
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from idstore.backends.base import ConnectionState, SlotRecord
+from idstore.backends.base import ConnectionState, SlotRecord, StoreOptions
 from idstore.backends.zookeeper import LOST_AFTER, ZooKeeperStore, parse_endpoints
+from idstore.errors import ConfigError
+from tests.harness.tls import make_pki
 from tests.harness.zk_server import ZooKeeperServer
 
 TTL = 3.0
@@ -122,3 +126,38 @@ def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
     store = ZooKeeperStore(StoreOptions(ttl=TTL))
     watch = _PoolWatch(store, Listing("worker", {}, 0), lambda evs: None, lambda why: None)
     watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
+
+
+# -- TLS settings (no server needed: they are checked before any connection) ------------
+
+
+def tls_store(**tls: str) -> ZooKeeperStore:
+    return ZooKeeperStore(StoreOptions(endpoints=("127.0.0.1:1",), connect_timeout=1.0, **tls))
+
+
+def test_tls_trusts_only_the_configured_ca_and_checks_the_host_name(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    store = tls_store(
+        tls_ca=str(pki.ca), tls_cert=str(pki.client.cert), tls_key=str(pki.client.key)
+    )
+    context = store._tls_context()
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    # kazoo's own context would add the system's CAs: here it is ours alone.
+    assert len(context.get_ca_certs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("tls", "key"),
+    [
+        ({"tls_ca": "/nonexistent/ca.pem"}, "store.tls_ca"),
+        ({"tls_cert": "/nonexistent/client.crt"}, "store.tls_cert"),  # no key given
+        ({"tls_cert": "/nonexistent/c.crt", "tls_key": "/nonexistent/c.key"}, "store.tls_cert"),
+    ],
+)
+def test_a_bad_tls_setting_is_a_config_error_naming_the_key(tls: dict[str, str], key: str) -> None:
+    store = tls_store(**tls)
+    with pytest.raises(ConfigError) as err:
+        store.open()  # before any connection attempt: not "store unreachable"
+    assert key in str(err.value)
+    store.close()
