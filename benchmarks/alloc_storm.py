@@ -55,9 +55,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# Before anything imports protobuf: etcd3's generated code needs the pure-Python one.
-os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-
 from idstore import backends
 from idstore.allocator import Allocator
 from idstore.backends.base import SlotRecord, SlotStore, StoreOptions

@@ -408,11 +408,11 @@ def test_etcd_auth_store_survives_idling_past_the_token_lifetime(auth_etcd: Etcd
         lease = store.session_id
         time.sleep(IDLE)
         # The token idstore got at the start is dead by now (nothing used it) ...
-        from etcd3.etcdrpc import RangeRequest
+        from idstore.backends.etcd import rpc
 
         with pytest.raises(grpc.RpcError) as err:
             store._current().kv.Range(  # type: ignore[attr-defined]
-                RangeRequest(key=b"/idstore/"), timeout=2, metadata=token
+                rpc.RangeRequest(key=b"/idstore/"), timeout=2, metadata=token
             )
         assert "invalid auth token" in (err.value.details() or "")
         # ... yet the session was renewed throughout, the watch lives, and writes work.

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ from idstore.backends.base import (
     StoreOptions,
 )
 from idstore.backends.etcd import EtcdStore, parse_endpoint, parse_slot
-from idstore.errors import ConfigError, SessionLost, StoreUnavailable
+from idstore.errors import BackendNotFound, ConfigError, SessionLost, StoreUnavailable
 from tests.harness.etcd_server import EtcdCluster, EtcdServer, etcdctl, free_port
 
 POOL = "worker"
@@ -88,22 +89,47 @@ def test_ttl_below_floor_is_refused() -> None:
         EtcdStore(StoreOptions(endpoints=("http://127.0.0.1:1",), ttl=1.0))
 
 
-def test_import_names_the_protobuf_fix_when_upb_was_loaded_first() -> None:
+@pytest.mark.parametrize("implementation", ["upb", "python"])
+def test_loads_whatever_protobuf_the_process_has(implementation: str) -> None:
+    """etcd3's generated modules need pure-Python protobuf; the backend never imports
+    them, so it works after anything loaded protobuf first (upb) and with the slow one."""
     code = (
-        "import google.protobuf.descriptor_pb2\n"  # protobuf loaded with its default (upb)
+        "import google.protobuf.descriptor_pb2\n"  # protobuf loaded first, as any user may
+        "from google.protobuf.internal import api_implementation\n"
         "from idstore.backends import backend_class\n"
-        "try:\n"
-        "    backend_class('etcd')\n"
-        "except Exception as e:\n"
-        "    print(type(e).__name__, e)\n"
+        "from idstore.backends.etcd import rpc, mvcc\n"
+        "backend_class('etcd')\n"
+        "txn = rpc.TxnRequest(compare=[rpc.Compare(key=b'k', target=rpc.Compare.CREATE)])\n"
+        "assert rpc.TxnRequest.FromString(txn.SerializeToString()) == txn\n"
+        "print(api_implementation.Type(), mvcc.Event.DELETE)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
+    if implementation == "python":
+        env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-    ).stdout
-    assert out.startswith("BackendNotFound"), out
-    assert "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python" in out
-    assert "'upb'" in out
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [implementation, "1"]
+
+
+def test_a_missing_etcd3_is_a_backend_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    from idstore.backends import etcd
+
+    monkeypatch.setattr(etcd.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendNotFound, match="etcd3"):
+        etcd._load_api()
+
+
+def test_the_descriptor_is_read_without_running_the_module(tmp_path: Path) -> None:
+    from idstore.backends import etcd
+
+    module = tmp_path / "x_pb2.py"
+    module.write_text("raise SystemExit('never run')\nD = F(serialized_pb=_b('\\n\\x01x'))\n")
+    assert etcd._embedded_descriptor(module) == b"\n\x01x"
+    (tmp_path / "empty_pb2.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="serialized_pb"):
+        etcd._embedded_descriptor(tmp_path / "empty_pb2.py")
 
 
 # -- against one etcd --------------------------------------------------------------------
