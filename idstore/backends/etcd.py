@@ -29,12 +29,12 @@ watch stream and endpoint failover are driven here on plain gRPC.
 The protobuf trap: etcd3's generated modules only import with protobuf's pure-Python
 implementation, chosen for the whole process before protobuf is first imported, and
 that one is slow: building and serializing a claim-sized transaction 139 us against
-8.6 us with upb, parsing a 1,000-key range 7.8 ms against 0.04 ms. So this module never
-imports them. It reads the file descriptors they embed (kv.proto, auth.proto,
-rpc.proto, as etcd3 ships them), builds the message classes in a private descriptor
-pool with whichever implementation the process has, and makes the gRPC method
-callables itself (see _load_api). A missing or unreadable etcd3 is a BackendNotFound
-that says so.
+8.6 us with upb; parsing a 1,000-key range and reading its fields 15.7 ms against
+0.59 ms. So this module never imports them. It reads the file descriptors they embed
+(kv.proto, auth.proto, rpc.proto, as etcd3 ships them), builds the message classes in a
+private descriptor pool with whichever implementation the process has, and makes the
+gRPC method callables itself (see _load_api). A missing or unreadable etcd3 is a
+BackendNotFound that says so.
 """
 
 from __future__ import annotations
