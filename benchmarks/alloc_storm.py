@@ -207,13 +207,13 @@ def storm(job: Job, procs: int) -> tuple[list[Outcome], float]:
     The wall time runs from the release to the last node holding its ID (CLOCK_MONOTONIC
     is one clock for all processes of the machine).
     """
-    procs = max(1, min(procs, job.nodes))
-    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-    ready = ctx.Barrier(procs + 1, timeout=SETUP_S)
-    done = ctx.Barrier(procs + 1, timeout=job.timeout + SETUP_S)
-    out = ctx.Queue()
-    step = -(-job.nodes // procs)
+    step = -(-job.nodes // max(1, procs))
+    # Fewer chunks than procs when they do not divide evenly (100 nodes, 32 procs: 25).
     chunks = [range(i, min(i + step, job.nodes)) for i in range(0, job.nodes, step)]
+    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    ready = ctx.Barrier(len(chunks) + 1, timeout=SETUP_S)
+    done = ctx.Barrier(len(chunks) + 1, timeout=job.timeout + SETUP_S)
+    out = ctx.Queue()
     workers = [
         ctx.Process(target=_worker, args=(job, c, ready, done, out), daemon=True) for c in chunks
     ]
