@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idstore.config import _pool_name_from_pattern
+from idstore.config import pool_name_from_pattern
 from idstore.errors import ConfigError
 
 IDETCD_DEFAULT_ENDPOINT = "http://localhost:2379"
@@ -128,7 +128,7 @@ def _map_idetcd(block: Directive, raw: dict[str, Any]) -> None:
         pool["limit"] = int(limit)
     endpoints = [e for a in values.get("endpoint", []) for e in a.split(",") if e]
     raw["endpoints"] = endpoints or [IDETCD_DEFAULT_ENDPOINT]
-    raw["pools"] = {_pool_name_from_pattern(pattern): pool}
+    raw["pools"] = {pool_name_from_pattern(pattern): pool}
 
 
 def _map_server_keys(keys: list[str], raw: dict[str, Any]) -> None:
