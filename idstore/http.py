@@ -19,21 +19,29 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from idstore import metrics
-
-if TYPE_CHECKING:
-    from idstore.node import Node
+from idstore.status import NodeReport, NodeStatus
 
 log = logging.getLogger(__name__)
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class StatusSource(Protocol):
+    """What the listener asks of the node (idstore.node.Node is one): answers only."""
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def status(self) -> NodeStatus: ...
+
+    def report(self) -> NodeReport: ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    node: Node
+    node: StatusSource
 
 
 class _Server6(_Server):
@@ -72,16 +80,16 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s %s", self.address_string(), format % args)
 
 
-def _route(node: Node, path: str) -> tuple[int, str, bytes]:
+def _route(node: StatusSource, path: str) -> tuple[int, str, bytes]:
     if path == "/health":
         return 200, "text/plain", b"OK\n"
     if path == "/ready":
         ok, reason = node.ready()
         return (200 if ok else 503), "text/plain", (reason if not ok else "OK").encode() + b"\n"
     if path == "/metrics":
-        return 200, PROMETHEUS_TEXT, metrics.render(metrics.collect(node)).encode()
+        return 200, PROMETHEUS_TEXT, metrics.render(metrics.collect(node.report())).encode()
     if path == "/status":
-        body = json.dumps(node.status_with_cluster(), indent=2) + "\n"
+        body = json.dumps(node.status().to_json(), indent=2) + "\n"
         return 200, "application/json", body.encode()
     return 404, "text/plain", b"not found: try /health, /ready, /metrics, /status\n"
 
@@ -89,7 +97,7 @@ def _route(node: Node, path: str) -> tuple[int, str, bytes]:
 class OpsServer:
     """Binds at construction (so a taken port fails start-up at once); serves on start()."""
 
-    def __init__(self, node: Node, host: str, port: int) -> None:
+    def __init__(self, node: StatusSource, host: str, port: int) -> None:
         cls = _Server6 if ":" in host else _Server
         try:
             self._server = cls((host, port), _Handler)

@@ -24,6 +24,7 @@ from typing import Any
 
 from idstore.config import PoolSettings
 from idstore.errors import ConfigError, IdstoreError
+from idstore.status import MemberInfo as MemberInfo  # re-exported: launch's input type
 
 FORMATS = ("tf-config", "torchrun", "shell")
 TORCHRUN_DEFAULT_PORT = 29500  # torchrun's own default for --master-port
@@ -31,39 +32,6 @@ TORCHRUN_DEFAULT_PORT = 29500  # torchrun's own default for --master-port
 
 class NoSlot(IdstoreError):
     """This node holds no slot, so there is nothing to export."""
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    pool: str
-    slot: int
-    name: str  # absolute: "worker3.tf.local."
-    addresses: tuple[str, ...] = ()
-    node_id: str = ""
-
-    @property
-    def host(self) -> str:
-        """The name as applications take it: no trailing dot."""
-        return self.name.rstrip(".")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "pool": self.pool,
-            "slot": self.slot,
-            "name": self.name,
-            "addresses": list(self.addresses),
-            "node_id": self.node_id,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MemberInfo:
-        return cls(
-            pool=str(d["pool"]),
-            slot=int(d["slot"]),
-            name=str(d["name"]),
-            addresses=tuple(str(a) for a in d.get("addresses", ())),
-            node_id=str(d.get("node_id", "")),
-        )
 
 
 @dataclass(frozen=True)

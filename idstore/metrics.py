@@ -1,8 +1,9 @@
 """Prometheus text exposition (format 0.0.4) of a running node, with the stdlib only.
 
-The counters live where the work happens (``Zone.stats``, the allocator, the store); this
-module reads them when ``/metrics`` is scraped and renders them, so the hot path pays
-nothing for metrics except the request-duration histogram below.
+The counters live where the work happens (``Zone.stats``, the allocator, the store); when
+``/metrics`` is scraped the node copies them into one idstore.status.NodeReport and this
+module renders that, so the hot path pays nothing for metrics except timing one DNS
+answer in N (idstore.dns.stats). This module never sees the Node itself.
 
 Metric names (all prefixed ``idstore_``; counters end in ``_total``, times are seconds):
 
@@ -36,62 +37,17 @@ idstore_mirror_resyncs_total               counter
 
 from __future__ import annotations
 
-import bisect
 import math
 import platform
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:
-    from idstore.node import Node
-
-# Answers come from memory in tens of microseconds; CoreDNS's buckets start at 250 us,
-# which would put every answer in the first bucket. These resolve the fast path and
-# still show a slow host (or a stalled loop) up to a second.
-DURATION_BUCKETS = (
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-)
+from idstore.allocator import Status
+from idstore.backends.base import ConnectionState
+from idstore.status import NodeReport, Samples
 
 Labels = Mapping[str, str]
-
-
-class Histogram:
-    """Cumulative-on-read histogram; ``observe`` is called from one thread (the loop)."""
-
-    def __init__(self, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-
-    def samples(self) -> tuple[list[tuple[float, int]], int, float]:
-        """(le, cumulative count) per bucket incl. +Inf, the total count, the sum."""
-        counts, total = list(self.counts), 0
-        out = []
-        for le, n in zip((*self.buckets, math.inf), counts, strict=True):
-            total += n
-            out.append((le, total))
-        return out, total, self.sum
 
 
 class Counters:
@@ -123,15 +79,10 @@ class Family:
         return self
 
 
-class HistogramSource(Protocol):
-    """Anything with Prometheus-shaped histogram samples (Histogram, DurationHistogram)."""
-
-    def samples(self) -> tuple[list[tuple[float, int]], int, float]: ...
-
-
-def histogram_family(name: str, help: str, h: HistogramSource) -> Family:
+def histogram_family(name: str, help: str, samples: Samples) -> Family:
+    """A histogram from its cumulative buckets (``le`` ascending, +Inf last), count, sum."""
     fam = Family(name, "histogram", help)
-    buckets, count, total = h.samples()
+    buckets, count, total = samples
     for le, n in buckets:
         fam.add(n, {"le": _float(le)}, "_bucket")
     fam.add(count, suffix="_count")
@@ -186,23 +137,23 @@ def _float(x: float) -> str:
 # --------------------------------------------------------------------------- a node
 
 
-def collect(node: Node) -> list[Family]:
-    """Every family of a running node, read now (cheap: copies of counters)."""
+def collect(report: NodeReport) -> list[Family]:
+    """Every family of a running node, from one report (idstore.node.Node.report)."""
     from idstore import __version__
 
     return [
         build_info(__version__),
         Family("idstore_start_time_seconds", "gauge", "Start time of the process (Unix).").add(
-            node.started_at
+            report.started_at
         ),
-        *_dns_families(node),
-        *_slot_families(node),
-        *_store_families(node),
+        *_dns_families(report),
+        *_slot_families(report),
+        *_store_families(report),
     ]
 
 
-def _dns_families(node: Node) -> list[Family]:
-    snap = node.zone.stats.snapshot()
+def _dns_families(report: NodeReport) -> list[Family]:
+    snap = report.dns
     requests = Family(
         "idstore_dns_requests_total", "counter", "DNS requests by transport and query type."
     )
@@ -224,7 +175,7 @@ def _dns_families(node: Node) -> list[Family]:
         histogram_family(
             "idstore_dns_request_duration_seconds",
             "Time to build each DNS answer (forwarded queries: until handed upstream).",
-            node.dns_durations,
+            report.dns_durations,
         ),
         *(
             Family(f"idstore_dns_{key}_total", "counter", text).add(snap[key])
@@ -233,76 +184,65 @@ def _dns_families(node: Node) -> list[Family]:
     ]
 
 
-def _slot_families(node: Node) -> list[Family]:
-    from idstore.allocator import Status
-
-    pool = {"pool": node.pool.name}
-    claim = node.allocator.claim
-    status = node.allocator.status
+def _slot_families(report: NodeReport) -> list[Family]:
+    pool = {"pool": report.pool}
     state = Family(
         "idstore_slot_state", "gauge", "This node's claim state (1 for the current state)."
     )
     for s in Status:
-        state.add(1 if s is status else 0, {**pool, "state": s.value})
+        state.add(1 if s.value == report.allocation else 0, {**pool, "state": s.value})
     used = Family("idstore_pool_slots_used", "gauge", "Claimed slots per pool (this view).")
     limit = Family("idstore_pool_slots_limit", "gauge", "Number of slots per pool.")
-    for p in node.settings.pools:
-        used.add(len(node.view.members(p.name)), {"pool": p.name})
+    for p in report.pools:
+        used.add(p.used, {"pool": p.name})
         limit.add(p.limit, {"pool": p.name})
     return [
         Family("idstore_slot_held", "gauge", "1 while this node holds a slot of its pool.").add(
-            1 if claim is not None else 0, pool
+            1 if report.slot is not None else 0, pool
         ),
         Family("idstore_slot_number", "gauge", "The slot this node holds; -1 if none.").add(
-            claim.slot if claim is not None else -1, pool
+            report.slot if report.slot is not None else -1, pool
         ),
         state,
         Family("idstore_claim_attempts_total", "counter", "Claim and re-claim requests sent.").add(
-            node.allocator.claim_attempts, pool
+            report.claim_attempts, pool
         ),
         used,
         limit,
     ]
 
 
-def _store_families(node: Node) -> list[Family]:
-    from idstore.backends.base import ConnectionState
-
-    store = node.store
-    backend = {"backend": store.name}
-    current = store.state
+def _store_families(report: NodeReport) -> list[Family]:
+    backend = {"backend": report.backend}
+    current = report.store_state
     state = Family("idstore_store_state", "gauge", "Store connection state (1 for the current).")
     changes = Family(
         "idstore_store_state_changes_total", "counter", "Store connection states entered."
     )
-    entered = {lbl.get("state"): v for lbl, v in node.counters.items("store_state_changes")}
     for s in ConnectionState:
-        state.add(1 if s is current else 0, {**backend, "state": s.value})
-        changes.add(entered.get(s.value, 0), {**backend, "state": s.value})
+        state.add(1 if s.value == current else 0, {**backend, "state": s.value})
+        changes.add(report.state_changes.get(s.value, 0), {**backend, "state": s.value})
     out = [
         Family("idstore_store_connected", "gauge", "1 while the store session is CONNECTED.").add(
-            1 if current is ConnectionState.CONNECTED else 0, backend
+            1 if current == ConnectionState.CONNECTED.value else 0, backend
         ),
         state,
         changes,
         Family(
             "idstore_store_operations_total", "counter", "Requests sent to the store (no renewals)."
-        ).add(store.ops, backend),
+        ).add(report.store_ops, backend),
         Family("idstore_mirror_resyncs_total", "counter", "Full re-lists of the pools.").add(
-            node.mirror.resyncs
+            report.mirror_resyncs
         ),
     ]
-    # Not every backend counts its lease / session renewals yet: export them only where
-    # it does, rather than a zero that would look like "no renewals happened".
-    for attr, name, text in (
-        ("renewals", "idstore_store_session_renewals_total", "Lease/session renewals sent."),
+    for value, name, text in (
+        (report.renewals, "idstore_store_session_renewals_total", "Lease/session renewals sent."),
         (
-            "renewal_failures",
+            report.renewal_failures,
             "idstore_store_session_renewal_failures_total",
             "Lease/session renewals that failed.",
         ),
     ):
-        value = getattr(store, attr, None)
-        if isinstance(value, int | float):
+        if value is not None:
             out.append(Family(name, "counter", text).add(value, backend))
     return out

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from idstore import addresses as addrs
 from idstore import backends, logs
@@ -30,6 +29,7 @@ from idstore.errors import ConfigError, IdstoreError, StoreUnavailable
 from idstore.http import OpsServer
 from idstore.metrics import Counters
 from idstore.mirror import PoolMirror
+from idstore.status import MemberInfo, NodeReport, NodeStatus, PoolUsage
 from idstore.systemd import Notifier
 from idstore.view import ClusterView
 
@@ -185,38 +185,57 @@ class Node:
 
     # -- introspection (whoami, /ready) ----------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
+        """This node and every claimed name of every pool: the /status document."""
         claim = self.allocator.claim
         if claim is not None and not self.holds_live_session():
             claim = None  # whoami must not claim a slot the session may have lost
         state = self.allocator.status.value if claim or self.allocator.claim is None else "lost"
-        return {
-            "pool": self.pool.name,
-            "slot": claim.slot if claim else None,
-            "name": self.pool.name_of(claim.slot) if claim else None,
-            "addresses": list(self.addresses),
-            "node_id": self.record.node_id,
-            "state": state,
-            "store": self.store.state.value,
-            "backend": self.store.name,
-        }
-
-    def status_with_cluster(self) -> dict[str, Any]:
-        """status() plus every claimed name of every pool, for /status."""
         cluster = {
-            p.name: [
-                {
-                    "pool": m.pool,
-                    "slot": m.slot,
-                    "name": m.name,
-                    "addresses": list(m.addresses),
-                    "node_id": m.node_id,
-                }
+            p.name: tuple(
+                MemberInfo(m.pool, m.slot, m.name, m.addresses, m.node_id)
                 for _, m in sorted(self.view.members(p.name).items())
-            ]
+            )
             for p in self.settings.pools
         }
-        return {**self.status(), "cluster": cluster}
+        return NodeStatus(
+            pool=self.pool.name,
+            slot=claim.slot if claim else None,
+            name=self.pool.name_of(claim.slot) if claim else None,
+            addresses=self.addresses,
+            node_id=self.record.node_id,
+            state=state,
+            store=self.store.state.value,
+            backend=self.store.name,
+            cluster=cluster,
+        )
+
+    def report(self) -> NodeReport:
+        """Every figure /metrics renders, read now."""
+        claim = self.allocator.claim
+        store = self.store
+        return NodeReport(
+            started_at=self.started_at,
+            pool=self.pool.name,
+            slot=claim.slot if claim is not None else None,
+            allocation=self.allocator.status.value,
+            claim_attempts=self.allocator.claim_attempts,
+            pools=tuple(
+                PoolUsage(p.name, len(self.view.members(p.name)), p.limit)
+                for p in self.settings.pools
+            ),
+            backend=store.name,
+            store_state=store.state.value,
+            store_ops=store.ops,
+            renewals=_counted(getattr(store, "renewals", None)),
+            renewal_failures=_counted(getattr(store, "renewal_failures", None)),
+            state_changes={
+                lbl.get("state", ""): v for lbl, v in self.counters.items("store_state_changes")
+            },
+            mirror_resyncs=self.mirror.resyncs,
+            dns=self.zone.stats.snapshot(),
+            dns_durations=self.dns_durations.samples(),
+        )
 
     def holds_live_session(self) -> bool:
         """Is the session behind our claim surely alive right now? Asked before asserting
@@ -289,6 +308,12 @@ def _needs_restart(running: Settings, new: Settings) -> list[str]:
     ]
     out += [f"dns.{k}" for k, v in vars(new.dns).items() if getattr(running.dns, k) != v]
     return out
+
+
+def _counted(value: object) -> float | None:
+    """A backend's counter, or None where it keeps none (not every backend counts its
+    lease / session renewals; a zero would read as "no renewals happened")."""
+    return value if isinstance(value, int | float) else None
 
 
 def _show(value: object) -> str:

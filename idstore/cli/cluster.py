@@ -1,0 +1,96 @@
+"""``whoami``, ``wait`` and ``env``: this node and its peers, for scripts and launchers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from idstore import launch, logs
+from idstore.cli.common import EXIT_FAIL, EXIT_OK, fail, settings_from
+from idstore.cli.reader import cluster_reader
+from idstore.errors import ConfigError, StoreError
+from idstore.launch import Snapshot
+
+WAIT_POLL = 1.0  # seconds between two reads of the pool while waiting
+WAIT_REPORT = 10.0  # repeat an unchanged progress line this often
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    logs.setup("warning", settings.log_format)
+    with cluster_reader(settings, explicit_http=args.http is not None) as read:
+        snap = read()
+    me = snap.me
+    out = {
+        "pool": me.pool if me else snap.extra.get("pool", settings.pool),
+        "slot": me.slot if me else None,
+        "name": me.name if me else None,
+        "addresses": list(me.addresses) if me else [],
+        "state": snap.state,
+        "node_id": snap.node_id,
+        "source": snap.source,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key in ("pool", "slot", "name", "addresses", "state", "node_id", "source"):
+            value = out[key]
+            text = ",".join(value) if isinstance(value, list) else value
+            print(f"{key + ':':<11}{'-' if text in (None, '') else text}")
+    return EXIT_OK if me is not None and snap.state == "held" else EXIT_FAIL
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    logs.setup("warning", settings.log_format)
+    pool = settings.pool_settings()
+    count = pool.limit if args.count is None else args.count
+    if not 1 <= count <= pool.limit:
+        raise ConfigError("--count", count, f"must be between 1 and the pool's limit {pool.limit}")
+    if args.timeout is not None and not args.timeout >= 0:
+        raise ConfigError("--timeout", args.timeout, "must be a number of seconds >= 0")
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with cluster_reader(settings, explicit_http=args.http is not None) as read:
+        return _wait_loop(read, pool.name, count, deadline, args.timeout)
+
+
+def _wait_loop(
+    read: Callable[[], Snapshot],
+    pool: str,
+    count: int,
+    deadline: float | None,
+    timeout: float | None,
+) -> int:
+    last: tuple[int, str] | None = None
+    reported_at = 0.0
+    while True:
+        try:
+            have, trouble = read().count(pool), ""
+        except StoreError as e:  # keep waiting through a store hiccup, and say so
+            have, trouble = (last[0] if last else 0), f" (store: {e})"
+        now = time.monotonic()
+        if (have, trouble) != last or now - reported_at >= WAIT_REPORT:
+            print(f"{have}/{count} {pool} slots held{trouble}", file=sys.stderr, flush=True)
+            last, reported_at = (have, trouble), now
+        if have >= count:
+            return EXIT_OK
+        if deadline is not None and now >= deadline:
+            fail(f"timed out after {timeout:g}s: {have}/{count} {pool} slots held")
+            return EXIT_FAIL
+        time.sleep(WAIT_POLL if deadline is None else max(0.0, min(WAIT_POLL, deadline - now)))
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    logs.setup("warning", settings.log_format)
+    with cluster_reader(settings, explicit_http=args.http is not None) as read:
+        snap = read()
+    try:
+        sys.stdout.write(launch.render(args.format, settings.pools, snap))
+    except launch.NoSlot as e:
+        fail(str(e))
+        return EXIT_FAIL
+    return EXIT_OK
