@@ -193,15 +193,27 @@ def boot(backend: str, endpoints: Sequence[str], n: int, concurrency: int, watch
     pool = PoolSettings(POOL, Pattern.parse(PATTERN), n, port=SRV_PORT)
     counted = threading.Lock()
     events = [0] * watchers
+    held: list[set[int]] = [set() for _ in range(watchers)]  # slots each watcher sees claimed
 
     def counter(w: int) -> Any:
         def on_claims(_p: str, changed: Mapping[int, Claim | None], replace: bool, _r: int
                       ) -> None:  # fmt: skip
-            if not replace:
-                with counted:
+            with counted:
+                if replace:
+                    held[w].clear()
+                else:
                     events[w] += len(changed)
+                for slot, c in changed.items():
+                    if c is None:
+                        held[w].discard(slot)
+                    else:
+                        held[w].add(slot)
 
         return on_claims
+
+    def seen_by_each() -> list[int]:
+        with counted:
+            return [len(h) for h in held]
 
     mirrors = []
     for w in range(watchers):
@@ -236,9 +248,9 @@ def boot(backend: str, endpoints: Sequence[str], n: int, concurrency: int, watch
     took = time.monotonic() - start
     stores = [r[0] for r in results]
     deadline = time.monotonic() + 120
-    while min(len(m.claims(POOL)) for m in mirrors) < n and time.monotonic() < deadline:
+    while min(seen_by_each()) < n and time.monotonic() < deadline:
         time.sleep(0.1)
-    seen = [len(m.claims(POOL)) for m in mirrors]
+    seen = seen_by_each()
     with counted:
         delivered = list(events)  # before the releases below add their DELETEs
     ops = sum(r[1] for r in results)

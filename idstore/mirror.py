@@ -4,6 +4,14 @@ The rule, learnt the hard way with etcd watches that stall or drop events on rec
 never trust a watch alone. A pool is re-listed (and watched again from the listing)
 whenever its watch breaks, whenever the store comes back to CONNECTED, and periodically
 as a safety net. This logic lives here, above the SlotStore line, so no backend repeats it.
+
+The mirror passes claims on and keeps no copy of them: its listeners (the ClusterView,
+which holds the one copy of the claims that DNS, /status and /metrics read, and the
+allocator, which only looks at its own slot) get each listing as a whole and each
+watch batch as a change. Listings and watch batches of a pool reach the listeners one
+at a time and in the order the store produced them (``_emit_lock``): a batch from a
+watch the mirror has already replaced is dropped, never delivered after the listing
+that replaced it.
 """
 
 from __future__ import annotations
@@ -74,7 +82,7 @@ class PoolMirror:
         self.store = store
         self.pools = list(pools)
         self.relist_interval = relist_interval
-        self._claims: dict[str, dict[int, Claim]] = {p: {} for p in self.pools}
+        self._sizes: dict[str, int] = {p: 0 for p in self.pools}  # claims at the last list
         self._watches: dict[str, WatchHandle] = {}
         self._generation: dict[str, object] = {}  # identifies each pool's current watch
         self._dirty: set[str] = set(self.pools)
@@ -82,6 +90,9 @@ class PoolMirror:
         self._stale_listeners: list[StaleListener] = []
         self._stale_since: float | None = time.monotonic()
         self._cond = threading.Condition()
+        # Held from "is this the pool's current watch?" to the end of the listeners' calls,
+        # so a listing and the batches of the watch it replaced cannot overtake each other.
+        self._emit_lock = threading.Lock()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="mirror", daemon=True)
         self.resyncs = 0  # full re-lists done (for metrics and tests)
@@ -106,10 +117,6 @@ class PoolMirror:
         for handle in list(self._watches.values()):
             handle.cancel()
         self._thread.join(5)
-
-    def claims(self, pool: str) -> dict[int, Claim]:
-        with self._cond:
-            return dict(self._claims.get(pool, {}))
 
     @property
     def stale_since(self) -> float | None:
@@ -143,21 +150,15 @@ class PoolMirror:
             self._mark_stale()
 
     def _on_events(self, pool: str, gen: object, events: Sequence[SlotEvent]) -> None:
-        with self._cond:
+        changed: dict[int, Claim | None] = {}
+        for ev in events:
+            changed[ev.slot] = ev.claim if ev.type is EventType.PUT else None
+        revision = max(ev.revision for ev in events)
+        with self._emit_lock:
             # Events of a watch we already replaced must not overwrite a newer listing.
             if self._generation.get(pool) is not gen:
                 return
-            changed: dict[int, Claim | None] = {}
-            table = self._claims[pool]
-            revision = max(ev.revision for ev in events)
-            for ev in events:
-                if ev.type is EventType.PUT and ev.claim is not None:
-                    table[ev.slot] = ev.claim
-                    changed[ev.slot] = ev.claim
-                else:
-                    table.pop(ev.slot, None)
-                    changed[ev.slot] = None
-        self._emit(pool, changed, False, revision)
+            self._emit(pool, changed, False, revision)
 
     def _on_broken(self, pool: str, reason: str) -> None:
         log.info("watch of pool %s broken (%s): re-listing", pool, reason)
@@ -201,7 +202,7 @@ class PoolMirror:
         is jittered so nodes booted together do not re-list together.
         """
         with self._cond:
-            claims = sum(len(c) for c in self._claims.values())
+            claims = sum(self._sizes.values())
         return max(self.relist_interval, claims * 0.03) * random.uniform(0.8, 1.2)
 
     def _sleep(self, seconds: float) -> None:
@@ -218,11 +219,11 @@ class PoolMirror:
         listing = self.store.list(pool)
         gen = object()
         with self._cond:
-            claims = _keep_unchanged(self._claims.get(pool, {}), listing.claims)
-            self._claims[pool] = claims
-            self._generation[pool] = gen
+            self._sizes[pool] = len(listing.claims)
         # Emit the listing before the watch starts, so no event can precede it.
-        self._emit(pool, dict(claims), True, listing.revision)
+        with self._emit_lock:
+            self._generation[pool] = gen
+            self._emit(pool, dict(listing.claims), True, listing.revision)
         handle = self.store.watch(
             listing,
             lambda events: self._on_events(pool, gen, events),
@@ -266,17 +267,3 @@ class PoolMirror:
                 fn(self._stale_since)
             except Exception:
                 log.exception("stale listener %r failed", fn)
-
-
-def _keep_unchanged(old: Mapping[int, Claim], new: Mapping[int, Claim]) -> dict[int, Claim]:
-    """``new`` with every claim equal to the one already held replaced by that one.
-
-    A periodic re-list mostly repeats what we hold; keeping the long-lived objects and
-    dropping the fresh copies at once lets the allocator give their memory back, where
-    swapping them in would leave two generations of fragments behind (10,000 claims).
-    """
-    out: dict[int, Claim] = {}
-    for slot, claim in new.items():
-        held = old.get(slot)
-        out[slot] = held if held is not None and held == claim else claim
-    return out
