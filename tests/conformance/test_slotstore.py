@@ -19,6 +19,7 @@ from idstore.backends.base import (
 )
 from idstore.errors import NotOwner, SlotTaken
 from tests.harness.env import BackendEnv
+from tests.harness.waiting import wait_for
 
 Factory = Callable[..., SlotStore]
 POOL = "worker"
@@ -33,15 +34,6 @@ def record(node: str = "n1", nonce: str | None = None) -> SlotRecord:
         ports={"grpc": 2222},
         claimed_at=time.time(),
     )
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_open_reports_connected_with_a_session(open_store: Factory) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from idstore.backends.base import SlotStore
 from tests.harness.env import BackendEnv
+from tests.harness.ports import free_port
 
 ETCD = os.environ.get("IDSTORE_TEST_ETCD", "/usr/bin/etcd")
 ETCDCTL = os.environ.get("IDSTORE_TEST_ETCDCTL", "/usr/bin/etcdctl")
@@ -36,13 +36,6 @@ HOST = "127.0.0.1"  # loopback only, always
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL = 4000
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import dns.exception
@@ -20,32 +18,10 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from tests.harness.ports import free_dns_port
+from tests.harness.waiting import wait_for
+
 HOST = "127.0.0.1"
-
-
-def free_dns_port(host: str = HOST) -> int:
-    """A port free for both UDP and TCP on ``host``."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port for UDP and TCP")
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
-    """Poll ``pred``; return the seconds it took, or fail naming ``what``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
 def query(

@@ -34,6 +34,7 @@ from typing import Self
 
 from idstore.backends.base import SlotStore
 from tests.harness.env import BackendEnv
+from tests.harness.ports import free_port
 
 JAVA = shutil.which("java") or "/usr/bin/java"
 JARS = Path("/usr/share/java")
@@ -56,13 +57,6 @@ log4j.appender.FILE.File={path}
 log4j.appender.FILE.layout=org.apache.log4j.PatternLayout
 log4j.appender.FILE.layout.ConversionPattern=%d{{ISO8601}} %-5p [%t] %m%n
 """
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def four_letter_word(port: int, word: bytes, timeout: float = 1.0) -> bytes:

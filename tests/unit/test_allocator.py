@@ -15,6 +15,7 @@ from idstore.backends.memory import MemoryStore, new_endpoint
 from idstore.config import PoolSettings
 from idstore.mirror import PoolMirror
 from idstore.pattern import Pattern
+from tests.harness.waiting import wait_for
 
 POOL = PoolSettings("worker", Pattern.parse("worker{{.ID}}.tf.local."), limit=3)
 
@@ -29,15 +30,6 @@ class Running:
         self.alloc.stop(release=release)
         self.mirror.stop()
         self.store.close(release=release)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -23,18 +23,9 @@ from idstore.backends.base import (
 from idstore.backends.etcd import EtcdStore, parse_endpoint, parse_slot
 from idstore.errors import BackendNotFound, ConfigError, SessionLost, StoreUnavailable
 from tests.harness.etcd_server import EtcdCluster, EtcdServer, etcdctl, free_port
+from tests.harness.waiting import wait_for
 
 POOL = "worker"
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until ``pred`` held; AssertionError after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if pred():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def rec(node: str = "n1") -> SlotRecord:

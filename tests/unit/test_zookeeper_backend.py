@@ -19,6 +19,7 @@ from idstore.backends.base import ConnectionState, SlotRecord, StoreOptions
 from idstore.backends.zookeeper import LOST_AFTER, ZooKeeperStore, parse_endpoints
 from idstore.errors import ConfigError
 from tests.harness.tls import make_pki
+from tests.harness.waiting import wait_for as wait_until
 from tests.harness.zk_server import ZooKeeperServer
 
 TTL = 3.0
@@ -43,15 +44,6 @@ class StateLog:
     def first(self, state: ConnectionState, after: float = 0.0) -> float | None:
         with self.lock:
             return next((t for t, s in self.entries if s is state and t >= after), None)
-
-
-def wait_until(pred: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_outage_is_lost_locally_before_expiry_then_a_new_session(zk: ZooKeeperServer) -> None:
