@@ -247,3 +247,65 @@ def test_close_without_release_leaves_the_session_to_expire(zk: ZooKeeperServer)
     finally:
         holder.close()
         observer.close()
+
+
+class _Request:
+    """A kazoo async result that the test answers (or never does)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[object] = []
+        self.ok = True
+
+    def rawlink(self, callback: object) -> None:
+        self.callbacks.append(callback)
+
+    def successful(self) -> bool:
+        return self.ok
+
+    def answer(self, ok: bool = True) -> None:
+        self.ok = ok
+        for callback in self.callbacks:
+            callback(self)  # type: ignore[operator]
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.requests: list[_Request] = []
+
+    def exists_async(self, path: str) -> _Request:
+        assert path == "/"
+        self.requests.append(_Request())
+        return self.requests[-1]
+
+
+def test_heartbeats_prove_only_their_own_session_and_a_lost_one_holds_nothing_back() -> None:
+    """kazoo drops requests still queued when a session expires, unanswered: such a
+    heartbeat must not stop the next one. A late answer for an older session, or a
+    failed one, must not move the deadline."""
+    from idstore.backends.zookeeper.session import Session
+
+    store = ZooKeeperStore(StoreOptions(ttl=TTL))
+    session = Session(store, store._set_state, parse_endpoints(store.options), None, print)
+    client = _Client()
+    session.client, session.sid = client, 1  # type: ignore[assignment]
+    store._set_state(ConnectionState.CONNECTED)
+
+    session._heartbeat()
+    session._heartbeat()  # one at a time
+    assert len(client.requests) == 1
+    first_sent = session._heartbeat_out
+    assert first_sent is not None
+    session.sid = 2  # the session was replaced; the heartbeat of 1 is never answered
+    session._heartbeat()
+    assert len(client.requests) == 2
+
+    before = session.valid_until()
+    client.requests[0].answer()  # late, for session 1
+    client.requests[1].answer(ok=False)  # ConnectionLoss, say
+    assert session.valid_until() == before
+    assert store.renewals == 0
+    session._heartbeat()
+    client.requests[2].answer()
+    assert session.valid_until() > before and store.renewals == 1
+    # Never more than the timeout's share past the heartbeat's send time.
+    assert session.valid_until() <= time.monotonic() + TTL * LOST_AFTER

@@ -132,7 +132,10 @@ class Session:
         self._given_up_sid: int | None = None
         self._confirmed = 0.0  # monotonic: the server heard from us at or after this
         self._heartbeat_at = 0.0  # monotonic: when the next heartbeat is due
-        self._heartbeat_out = False
+        # The outstanding heartbeat (session, send time). kazoo drops requests still
+        # queued when a session expires without ever answering them: one outstanding for
+        # a session since replaced, or for a whole timeout, no longer holds the next back.
+        self._heartbeat_out: tuple[int, float] | None = None
         self._missing: str | None = None  # what kazoo did not tell us (open() fails)
         self._connected = threading.Event()
 
@@ -207,7 +210,8 @@ class Session:
         self._inbox.put((state, handler.attempt_started))
 
     def _on_heartbeat(self, result: Any, sid: int, sent: float) -> None:
-        self._heartbeat_out = False
+        if self._heartbeat_out == (sid, sent):
+            self._heartbeat_out = None
         if not result.successful() or sid != self.sid:
             return  # unanswered, or for a session since replaced: proves nothing
         # Only the supervisor thread lowers _confirmed (a new session): a late reply
@@ -253,13 +257,16 @@ class Session:
         client, sid = self.client, self.sid
         sent = time.monotonic()
         self._heartbeat_at = sent + self.timeout / HEARTBEATS
-        if client is None or sid is None or self._heartbeat_out:
+        if client is None or sid is None:
+            return
+        out = self._heartbeat_out
+        if out is not None and out[0] == sid and sent - out[1] < self.timeout:
             return  # one at a time: kazoo's own timeouts catch a silent connection
-        self._heartbeat_out = True
+        self._heartbeat_out = (sid, sent)
         try:
             request = client.exists_async(HEARTBEAT_PATH)
         except Exception:
-            self._heartbeat_out = False
+            self._heartbeat_out = None
             log.debug("heartbeat not sent", exc_info=True)
             return
         request.rawlink(lambda result: self._on_heartbeat(result, sid, sent))
