@@ -22,6 +22,7 @@ from idstore import backends, logs
 from idstore.allocator import Allocator, Status
 from idstore.backends.base import Claim, ConnectionState, SlotRecord, SlotStore
 from idstore.config import DnsSettings, Settings
+from idstore.continuity import NameKeeper
 from idstore.dns.forward import Forwarder
 from idstore.dns.server import DnsServer
 from idstore.dns.zone import Zone
@@ -43,6 +44,10 @@ RELOADABLE_DNS = (
     "forward_timeout",
     "log_queries",
 )
+
+# How long a process displaced by a duplicate identity keeps answering /status (state
+# "duplicate") before it exits: ``idstore wait`` / ``whoami`` polling it see why it went.
+DUPLICATE_LINGER = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,7 @@ class Node:
         )
         self.store: SlotStore = backends.create(settings.backend, settings.store)
         self.view = ClusterView(settings.pools)
+        self.keeper = NameKeeper(self.view, settings.dns.reclaim_grace)
         self.counters = Counters()
         self.notifier = Notifier()
         self.started_at = time.time()
@@ -88,21 +94,30 @@ class Node:
         self.dns = DnsServer(self.zone, settings.dns)
         self.started = time.monotonic()
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when another process with our identity took our slot over: the process then
+        # exits with its own status (cli.common.EXIT_DUPLICATE), so that a supervisor
+        # does not restart it into the same conflict.
+        self.displaced = False
         self._wire()
 
     def _wire(self) -> None:
-        self.mirror.add_listener(
-            lambda pool, changed, replace, _rev: self.view.apply(pool, changed, replace=replace)
-        )
+        # The view is fed through the keeper (names survive a store outage, our own claim
+        # shows at once); the allocator hears the mirror directly, frees included.
+        self.mirror.add_listener(self.keeper.on_claims)
         self.mirror.add_listener(self.allocator.on_claims)
         self.mirror.add_stale_listener(self.zone.set_stale)
+        self.mirror.add_stale_listener(self.keeper.on_stale)
         self.view.subscribe(self.zone.update)
         self.allocator.add_listener(self._on_hold)
         self.store.add_listener(self._on_store_state)
 
     def _on_hold(self, status: Status, claim: Claim | None) -> None:
         name = self.pool.name_of(claim.slot) if claim else None
+        self.keeper.pin(self.pool.name, claim if status is Status.HELD else None)
         self.zone.set_identity(name, self.holds_live_session)
+        if status is Status.DUPLICATE:
+            self._displaced()
         if claim is not None:
             # DNS is bound before the store is even contacted, so a claim means both.
             self.notifier.ready(f"holding {name} (slot {claim.slot} of pool {self.pool.name})")
@@ -121,7 +136,19 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def _displaced(self) -> None:
+        """Another live process with our identity holds the slot: say so, then exit."""
+        self.displaced = True
+        self.notifier.status(
+            f"duplicate node identity {self.record.node_id!r}: another process holds the "
+            f"slot; exiting in {DUPLICATE_LINGER:g}s"
+        )
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.call_later, DUPLICATE_LINGER, self._stop.set)
+
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.dns.start()
         log.info("DNS for zone %s on %s", self.settings.dns.zone, _fmt_listen(self.dns.bound))
         try:
@@ -168,6 +195,7 @@ class Node:
             self.http.stop()
 
     def _shutdown_store(self) -> None:
+        self.keeper.close()
         held = self.allocator.claim
         if self.allocator.status is not Status.STARTING or held is not None:
             self.allocator.stop(release=True)

@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 
 from idstore import launch, logs
-from idstore.cli.common import EXIT_FAIL, EXIT_OK, fail, settings_from
+from idstore.cli.common import EXIT_DUPLICATE, EXIT_FAIL, EXIT_OK, fail, settings_from
 from idstore.cli.reader import cluster_reader
 from idstore.errors import ConfigError, StoreError
 from idstore.launch import Snapshot
 
 WAIT_POLL = 1.0  # seconds between two reads of the pool while waiting
 WAIT_REPORT = 10.0  # repeat an unchanged progress line this often
+DUPLICATE = "duplicate"  # the state of a process displaced by its twin (same node id)
 
 
 def cmd_whoami(args: argparse.Namespace) -> int:
@@ -40,7 +41,18 @@ def cmd_whoami(args: argparse.Namespace) -> int:
             value = out[key]
             text = ",".join(value) if isinstance(value, list) else value
             print(f"{key + ':':<11}{'-' if text in (None, '') else text}")
+    if snap.state == DUPLICATE:
+        fail(_duplicate_message(snap.node_id))
+        return EXIT_DUPLICATE
     return EXIT_OK if me is not None and snap.state == "held" else EXIT_FAIL
+
+
+def _duplicate_message(node_id: str) -> str:
+    return (
+        f"duplicate node identity {node_id!r}: another process with this node id took "
+        f"this node's slot over, and this one is exiting (status {EXIT_DUPLICATE}); give "
+        "every node its own node_id"
+    )
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -68,7 +80,11 @@ def _wait_loop(
     reported_at = 0.0
     while True:
         try:
-            have, trouble = read().count(pool), ""
+            snap = read()
+            have, trouble = snap.count(pool), ""
+            if snap.state == DUPLICATE:
+                fail(_duplicate_message(snap.node_id))
+                return EXIT_DUPLICATE
         except StoreError as e:  # keep waiting through a store hiccup, and say so
             have, trouble = (last[0] if last else 0), f" (store: {e})"
         now = time.monotonic()

@@ -10,6 +10,10 @@ from idstore import config, corefile
 from idstore.config import Settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# sysexits.h EX_CONFIG: this process was displaced by another one given the same node
+# identity. A configuration error, which restarting cannot cure: the systemd unit lists
+# it in RestartPreventExitStatus=.
+EXIT_DUPLICATE = 78
 
 
 class UsageError(Exception):

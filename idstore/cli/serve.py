@@ -8,7 +8,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from idstore import backends, logs
-from idstore.cli.common import EXIT_FAIL, EXIT_OK, fail, settings_from
+from idstore.cli.common import EXIT_DUPLICATE, EXIT_FAIL, EXIT_OK, fail, settings_from
 
 if TYPE_CHECKING:
     from idstore.node import Node
@@ -35,6 +35,12 @@ async def _serve(node: Node) -> int:
         loop.add_signal_handler(sig, node.request_stop)
     loop.add_signal_handler(signal.SIGHUP, node.request_reload)
     await node.run()
+    if node.displaced:
+        fail(
+            f"duplicate node identity {node.record.node_id!r}: another process took this "
+            f"node's slot over; exiting with status {EXIT_DUPLICATE}"
+        )
+        return EXIT_DUPLICATE
     return EXIT_OK
 
 

@@ -36,6 +36,10 @@ class DnsSettings:
     tcp_max_connections: int = 256
     rrl_per_second: int = 0  # responses per second per client /24 (/56); 0 = off
     log_queries: bool = False
+    # After a store outage, a freed name keeps its last owner until the store has been
+    # back this long, so live nodes re-claim before anyone answers NXDOMAIN for them
+    # (idstore.continuity); 0 = off.
+    reclaim_grace: float = 5.0
 
 
 DNS_KEYS = {
@@ -52,6 +56,7 @@ DNS_KEYS = {
     "tcp_max_connections",
     "rrl_per_second",
     "log_queries",
+    "reclaim_grace",
 }
 
 
@@ -104,4 +109,5 @@ def dns_settings(table: Any, pools: Sequence[PoolSettings]) -> DnsSettings:
         ),
         rrl_per_second=as_int(table.get("rrl_per_second", 0), "dns.rrl_per_second", 0),
         log_queries=bool(table.get("log_queries", False)),
+        reclaim_grace=as_float(table.get("reclaim_grace", 5.0), "dns.reclaim_grace", 0.0),
     )

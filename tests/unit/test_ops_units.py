@@ -55,6 +55,7 @@ def test_unit_file_has_the_promised_settings() -> None:
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "ProtectSystem=strict",
         "Restart=on-failure",
+        "RestartPreventExitStatus=78",  # cli.common.EXIT_DUPLICATE: never restart a twin
         "ExecReload=/bin/kill -HUP $MAINPID",
     ):
         assert f"\n{line}\n" in unit
