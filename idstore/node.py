@@ -49,6 +49,9 @@ RELOADABLE_DNS = (
 # "duplicate") before it exits: ``idstore wait`` / ``whoami`` polling it see why it went.
 DUPLICATE_LINGER = 3.0
 
+# The zone's "stale since" before the store ever confirmed the view (see _wire).
+NEVER_CONFIRMED = float("-inf")
+
 log = logging.getLogger(__name__)
 
 
@@ -106,6 +109,11 @@ class Node:
         # shows at once); the allocator hears the mirror directly, frees included.
         self.mirror.add_listener(self.keeper.on_claims)
         self.mirror.add_listener(self.allocator.on_claims)
+        # Until the first listing the view is empty, not confirmed: answering NXDOMAIN for
+        # every name would tell resolvers that live nodes do not exist (and they would
+        # cache it). Stale since forever is past any max_stale: SERVFAIL until the mirror
+        # is fresh.
+        self.zone.set_stale(NEVER_CONFIRMED)
         self.mirror.add_stale_listener(self.zone.set_stale)
         self.mirror.add_stale_listener(self.keeper.on_stale)
         self.view.subscribe(self.zone.update)
