@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idstore.backends.base import StoreOptions
+from idstore.backends.base import MIN_TTL, StoreOptions
 from idstore.errors import ConfigError
 from idstore.pattern import Pattern, check_name, normalize_name
 
 DEFAULT_PATTERN = "node{{.ID}}.idstore.local."
-MIN_TTL = 2.0  # below this a lease/session can lapse between two keepalives on a busy host
 MAX_UDP = 1232  # RFC 9715 / DNS flag day 2020: the largest UDP reply we ever send
 
 _POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -286,7 +286,7 @@ def _store_families(node: Node) -> list[Family]:
         state,
         changes,
         Family(
-            "idstore_store_operations_total", "counter", "Requests sent to the store (no renewals)."
+            "idstore_store_operations_total", "counter", "SlotStore operations (claim, list ...)."
         ).add(store.ops, backend),
         Family("idstore_mirror_resyncs_total", "counter", "Full re-lists of the pools.").add(
             node.mirror.resyncs
