@@ -66,13 +66,13 @@ def test_every_request_builds_and_round_trips() -> None:
         requests.range_request(
             b"/a/", b"/a0", limit=1, keys_only=True, min_mod_revision=3, max_create_revision=4
         ),
-        requests.range_op(b"/a/", b"/a0", count_only=True),
+        requests.range_op(requests.range_request(b"/a/", b"/a0", count_only=True)),
         requests.put_op(b"/a/1", b"v", 7, prev_kv=True),
         requests.delete_op(b"/a/1"),
         requests.txn(
             compare=[requests.created_at(b"/a/1", 0), requests.modified_at(b"/a/1", 9)],
             success=[requests.delete_op(b"/a/1")],
-            failure=[requests.range_op(b"/a/1")],
+            failure=[requests.range_op(requests.range_request(b"/a/1"))],
         ),
         requests.lease_grant(10),
         requests.lease_revoke(7),

@@ -72,7 +72,7 @@ class Claims:
         request = txn(
             compare=[created_at(key, 0)],
             success=[*self.claim_puts(pool, slot, record, lease), *leave],
-            failure=[range_op(key)],
+            failure=[range_op(range_request(key))],
         )
         # Retrying on another endpoint is safe: an applied first attempt comes back as
         # our own claim through the idempotence check below.
@@ -90,7 +90,7 @@ class Claims:
             compare=[modified_at(key, previous.version)],
             # The index keys move to the new lease with the slot.
             success=self.claim_puts(pool, slot, record, lease),
-            failure=[range_op(key)],
+            failure=[range_op(range_request(key))],
         )
         # Safe to retry like claim: an applied first attempt comes back as our own claim.
         resp = self.txn("reclaim", request, lease, retry=True)

@@ -12,7 +12,14 @@ from idstore.backends.base import Claim, Position, Ticket
 from idstore.backends.etcd import messages as m
 from idstore.backends.etcd.claims import Claims, claim_of
 from idstore.backends.etcd.keys import parse_slot, prefix_end, session_name
-from idstore.backends.etcd.requests import created_at, delete_op, put_op, range_op, txn
+from idstore.backends.etcd.requests import (
+    created_at,
+    delete_op,
+    put_op,
+    range_op,
+    range_request,
+    txn,
+)
 from idstore.backends.etcd.session import Session
 
 
@@ -33,11 +40,11 @@ class WaitingQueue:
             compare=[no_claim] if sticky else [],
             # Counted before our put, the queue holds exactly the nodes ahead of us.
             success=[
-                range_op(queue_prefix, prefix_end(queue_prefix), count_only=True),
+                range_op(range_request(queue_prefix, prefix_end(queue_prefix), count_only=True)),
                 *self._counts(pool, slots),
                 put_op(key, node_id.encode(), lease, prev_kv=True),
             ],
-            failure=[range_op(ids, prefix_end(ids))],
+            failure=[range_op(range_request(ids, prefix_end(ids)))],
         )
         # Retrying on another endpoint is safe: an applied first attempt shows as prev_kv.
         resp = self._claims.txn("enqueue", request, lease, retry=True)
@@ -63,17 +70,21 @@ class WaitingQueue:
         ops = [
             # count_only would ignore max_create_revision (etcd 3.4): read the keys ahead.
             range_op(
-                queue_prefix,
-                prefix_end(queue_prefix),
-                keys_only=True,
-                max_create_revision=ticket.order - 1,
+                range_request(
+                    queue_prefix,
+                    prefix_end(queue_prefix),
+                    keys_only=True,
+                    max_create_revision=ticket.order - 1,
+                )
             ),
-            range_op(ticket.key.encode(), keys_only=True),
+            range_op(range_request(ticket.key.encode(), keys_only=True)),
             *self._counts(pool, slots),
-            range_op(ids, prefix_end(ids)),
+            range_op(range_request(ids, prefix_end(ids))),
         ]
         if exact:
-            ops.append(range_op(*self._keys.index_range(pool, slots), keys_only=True))
+            ops.append(
+                range_op(range_request(*self._keys.index_range(pool, slots), keys_only=True))
+            )
         resp = self._claims.txn("position", txn(success=ops), None, retry=True)
         mine = resp.responses[1].response_range.kvs
         queued = ticket if mine and int(mine[0].create_revision) == ticket.order else None
@@ -100,7 +111,10 @@ class WaitingQueue:
     def _counts(self, pool: str, slots: range) -> tuple[m.Message, ...]:
         """Range ops: claims in ``slots`` (count), then the highest of them (limit 1)."""
         key, end = self._keys.index_range(pool, slots)
-        return (range_op(key, end, count_only=True), range_op(key, end, keys_only=True, limit=1))
+        return (
+            range_op(range_request(key, end, count_only=True)),
+            range_op(range_request(key, end, keys_only=True, limit=1)),
+        )
 
     def _highest(self, pool: str, resp: m.ResponseOp) -> int | None:
         kvs = resp.response_range.kvs

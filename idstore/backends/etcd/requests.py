@@ -39,25 +39,9 @@ def range_request(
     )
 
 
-def range_op(
-    key: bytes,
-    range_end: bytes = b"",
-    *,
-    limit: int = 0,
-    keys_only: bool = False,
-    count_only: bool = False,
-    max_create_revision: int = 0,
-) -> Message:
-    """A range as one operation of a transaction."""
-    req = range_request(
-        key,
-        range_end,
-        limit=limit,
-        keys_only=keys_only,
-        count_only=count_only,
-        max_create_revision=max_create_revision,
-    )
-    return _new("RequestOp", request_range=req)
+def range_op(request: Message) -> Message:
+    """A range_request as one operation of a transaction."""
+    return _new("RequestOp", request_range=request)
 
 
 def put_op(key: bytes, value: bytes, lease: int, *, prev_kv: bool = False) -> Message:
