@@ -248,8 +248,8 @@ class MemoryStore(SlotStore):
         self._server.dequeue(ticket)
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
+        check_reclaim(previous, record)  # refused here, before any request
         self._sent()
-        check_reclaim(previous, record)
         sid = self._live_sid()
         with self._server.lock:
             held = self._server.slots.get((previous.pool, previous.slot))
