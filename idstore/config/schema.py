@@ -14,7 +14,6 @@ from idstore.errors import ConfigError
 from idstore.pattern import Pattern
 
 DEFAULT_PATTERN = "node{{.ID}}.idstore.local."
-MIN_TTL = 2.0  # below this a lease/session can lapse between two keepalives on a busy host
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
 
     store = ZooKeeperStore(StoreOptions(ttl=TTL))
     watch = PoolWatch(
-        store._wire, Listing("worker", {}, 0), lambda evs: None, lambda why: None, lambda w: None
+        store._io, Listing("worker", {}, 0), lambda evs: None, lambda why: None, lambda w: None
     )
     watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
 

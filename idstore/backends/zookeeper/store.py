@@ -53,9 +53,9 @@ class ZooKeeperStore(SlotStore):
             connection.make_acls(options),
             self._break_watches,
         )
-        self._wire = Wire(self._session, Paths(self._spec.root, options))
-        self._claims = Claims(self._wire)
-        self._queue = WaitQueue(self._wire)
+        self._io = Wire(self._session, Paths(self._spec.root, options))
+        self._claims = Claims(self._io)
+        self._queue = WaitQueue(self._io)
         self._lock = threading.Lock()
         self._watches: set[PoolWatch] = set()
 
@@ -63,7 +63,7 @@ class ZooKeeperStore(SlotStore):
 
     def open(self) -> None:
         self._count()
-        self._wire.send()  # the session's creation
+        self._io.send()  # the session's creation
         self._session.open()
 
     def close(self, release: bool = True) -> None:
@@ -94,7 +94,7 @@ class ZooKeeperStore(SlotStore):
     @property
     def wire_requests(self) -> int:
         """ZooKeeper requests sent (keepalives excluded); ``ops`` counts idstore operations."""
-        return self._wire.sent
+        return self._io.sent
 
     # -- slots -----------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class ZooKeeperStore(SlotStore):
         on_broken: BrokenCallback,
     ) -> PoolWatch:
         self._count()
-        w = PoolWatch(self._wire, since, on_events, on_broken, self._forget_watch)
+        w = PoolWatch(self._io, since, on_events, on_broken, self._forget_watch)
         with self._lock:
             self._watches.add(w)
         w.start()
