@@ -13,6 +13,8 @@ until ``--duration`` seconds have passed, one fault at a time, drawn from ``--se
 - ``member_partition``: cut a store member's cable (from clients and peers);
 - ``member_isolate``: cut a store member off from its peers only (clients reach it);
 - ``member_kill``: kill -9 a store member, restart it on its data;
+- ``store_restart``: kill -9 every member, restart them all on their data (ZooKeeper
+  sessions expire meanwhile; etcd extends its leases);
 - ``clock_jump``: move a node's wall clock by an hour (forward or back), then back.
 
 After each heal the soak waits (at most ``CONVERGE_MAX`` s) until the cluster converged:
@@ -71,6 +73,7 @@ KINDS = (
     "member_partition",
     "member_isolate",
     "member_kill",
+    "store_restart",
     "clock_jump",
 )
 NAMES = [f"{POOL}{s}.{ZONE}" for s in range(LIMIT)]
@@ -79,8 +82,11 @@ NAMES = [f"{POOL}{s}.{ZONE}" for s in range(LIMIT)]
 class Soak:
     """One backend's soak; ``run()`` returns its JSON summary."""
 
-    def __init__(self, backend: str, seed: int, duration: float, nodes: int, tmp: Path) -> None:
+    def __init__(
+        self, backend: str, seed: int, duration: float, nodes: int, tmp: Path, grace: float
+    ) -> None:
         self.backend, self.seed, self.duration, self.n = backend, seed, duration, nodes
+        self.grace = grace
         self.rng = random.Random(seed)
         self.tmp = tmp / backend
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -98,7 +104,7 @@ class Soak:
             f'cluster = "{self.cluster}"\nttl = {TTL}\nconnect_timeout = 2\n'
             f'request_timeout = 1\n[pools.{POOL}]\npattern = "{POOL}{{{{.ID}}}}.{ZONE}."\n'
             f'limit = {LIMIT}\nport = 2222\n[dns]\nlisten = ["0.0.0.0:53"]\nttl = 1\n'
-            f"negative_ttl = 1\nreclaim_grace = {GRACE}\n"
+            f"negative_ttl = 1\nreclaim_grace = {self.grace}\n"
         )
         return path
 
@@ -188,7 +194,7 @@ class Soak:
             NAMES,
             LIMIT,
             TTL,
-            GRACE,
+            self.grace,
             NO_SLOT_AFTER,
         )
         found = checker.run()
@@ -223,6 +229,9 @@ class Soak:
             store.isolate_peers(target)
         elif kind == "member_kill":
             store.kill(target)
+        elif kind == "store_restart":
+            for k in range(MEMBERS):
+                store.kill(k)
         elif kind == "clock_jump":
             jump = self.rng.choice((3600, -3600))
             f.detail += f", {jump:+d}s"
@@ -243,6 +252,8 @@ class Soak:
             store.heal_peers(f.target)
         elif f.kind == "member_kill":
             store.start(f.target)
+        elif f.kind == "store_restart":
+            store.start()
         elif f.kind == "clock_jump":
             self.clocks[f.target].write_text("0")
 
@@ -262,7 +273,7 @@ class Soak:
             "nodes": self.n,
             "store_members": MEMBERS,
             "ttl_s": TTL,
-            "reclaim_grace_s": GRACE,
+            "reclaim_grace_s": self.grace,
             "setup_s": round(setup_s, 1),
             "faults": [
                 {
@@ -302,11 +313,13 @@ def _wait(pred: Any, timeout: float, what: str | None) -> bool:
     return False
 
 
-def run(backend: str, seed: int, duration: float, nodes: int = 4) -> dict[str, Any]:
+def run(
+    backend: str, seed: int, duration: float, nodes: int = 4, grace: float = GRACE
+) -> dict[str, Any]:
     """One backend's soak (bounded: ``duration`` at most MAX_DURATION)."""
     duration = max(1.0, min(duration, MAX_DURATION))
     with tempfile.TemporaryDirectory(prefix="idstore-chaos-") as tmp:
-        return Soak(backend, seed, duration, nodes, Path(tmp)).run()
+        return Soak(backend, seed, duration, nodes, Path(tmp), grace).run()
 
 
 def main() -> int:
@@ -315,11 +328,18 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=120.0, help="seconds per backend")
     ap.add_argument("--seed", type=int, default=None, help="default: a random one, printed")
     ap.add_argument("--nodes", type=int, default=4, help="idstore nodes (1-5)")
+    ap.add_argument(
+        "--reclaim-grace",
+        type=float,
+        default=GRACE,
+        help="the nodes' dns.reclaim_grace (0 shows what the checker finds without it)",
+    )
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     bad = 0
     for backend in args.backend.split(","):
-        summary = run(backend.strip(), seed, args.duration, max(1, min(args.nodes, 5)))
+        nodes = max(1, min(args.nodes, 5))
+        summary = run(backend.strip(), seed, args.duration, nodes, args.reclaim_grace)
         bad += summary["violations_total"]
         print(json.dumps(summary), flush=True)
     return 1 if bad else 0

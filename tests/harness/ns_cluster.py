@@ -3,7 +3,7 @@
 Each member runs inside one network namespace of a ``NetnsLab`` and listens (clients and
 peers) on that host's own address, so every fault a real cluster sees can be made with
 routing alone: ``lab.link_down(i)`` cuts a member off from everyone, ``isolate_peers(i)``
-cuts it off from the other members only (blackhole routes inside its namespace) while
+cuts it off from the other members only (blackhole routes, both ways) while
 clients still reach it, and ``kill(i)`` / ``start(i)`` power-cycle it on its data dir.
 
 The process objects are the harness's own (``EtcdMember``, ``zk_server._Member``), with
@@ -13,6 +13,7 @@ their addresses moved onto the lab host and their commands prefixed by ``ip netn
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.harness import zk_server
-from tests.harness.etcd_server import EtcdMember
+from tests.harness.etcd_server import EtcdMember, etcdctl
 from tests.harness.netns import NetnsLab, ip
 from tests.harness.zk_server import Ports
 
@@ -35,7 +36,10 @@ ZK_TICK_MS = 500
 
 class _NsEtcdMember(EtcdMember):
     def __init__(self, name: str, workdir: Path, lab: NetnsLab, index: int) -> None:
-        super().__init__(name, workdir)
+        # Pre-vote (etcd 3.5's default, off in 3.4): a member that was cut off does not
+        # depose the majority's leader with its inflated term when it comes back, which
+        # would leave the whole cluster without a leader for an election.
+        super().__init__(name, workdir, extra_args=["--pre-vote=true"])
         self.lab, self.index, self.host = lab, index, lab.hosts[index].address
         self.client_port, self.peer_port = ETCD_CLIENT, ETCD_PEER
 
@@ -169,28 +173,42 @@ class NsCluster:
         else:
             self._zk[k].signal(signal.SIGKILL)
 
+    def etcd_leader(self) -> int:
+        """etcd: index of the current leader."""
+        out = etcdctl(list(self.endpoints), "endpoint", "status", "-w", "json")
+        for status in json.loads(out):
+            if status["Status"]["header"]["member_id"] == status["Status"]["leader"]:
+                return list(self.endpoints).index(status["Endpoint"])
+        raise RuntimeError("no etcd leader")
+
+    def etcd_lead_elsewhere(self, k: int) -> None:
+        """etcd: make sure member ``k`` is a follower (hand leadership to another)."""
+        leader = self.etcd_leader()
+        if leader != k:
+            return
+        to = (k + 1) % self.size
+        out = etcdctl([self.endpoints[to]], "endpoint", "status", "-w", "json")
+        target = json.loads(out)[0]["Status"]["header"]["member_id"]
+        etcdctl([self.endpoints[leader]], "move-leader", f"{target:x}")
+
     def isolate_peers(self, k: int) -> None:
-        """Cut member ``k`` off from the other members only: clients still reach it."""
-        ns = self.lab.hosts[self.hosts[k]].ns
-        for j, i in enumerate(self.hosts):
-            if j != k:
-                ip("-n", ns, "route", "add", "blackhole", f"{self.lab.hosts[i].address}/32")
+        """Cut member ``k`` off from the other members, both ways (blackhole routes in
+        its namespace and in theirs): clients still reach every member."""
+        self._peer_routes(k, "add")
         self._isolated.add(k)
 
     def heal_peers(self, k: int) -> None:
-        ns = self.lab.hosts[self.hosts[k]].ns
-        for j, i in enumerate(self.hosts):
-            if j != k:
-                ip(
-                    "-n",
-                    ns,
-                    "route",
-                    "del",
-                    "blackhole",
-                    f"{self.lab.hosts[i].address}/32",
-                    check=False,
-                )
+        self._peer_routes(k, "del")
         self._isolated.discard(k)
+
+    def _peer_routes(self, k: int, op: str) -> None:
+        me = self.lab.hosts[self.hosts[k]]
+        for j, i in enumerate(self.hosts):
+            if j == k:
+                continue
+            peer = self.lab.hosts[i]
+            ip("-n", me.ns, "route", op, "blackhole", f"{peer.address}/32", check=op == "add")
+            ip("-n", peer.ns, "route", op, "blackhole", f"{me.address}/32", check=op == "add")
 
     def close(self) -> None:
         for k in list(self._isolated):

@@ -33,6 +33,14 @@ DEFAULT_PORT = 2379
 # SETTINGS), not a backoff: at 200 ms, 1000 nodes connecting at once to one etcd on a
 # 2-core machine saw 3-6 % of their first lease grants fail ("timed out before receiving
 # SETTINGS frame"). A refused connection still fails at once.
+# Sent with every request and stream, as etcd's Go client does with WithRequireLeader: a
+# member that has no leader (cut off from its peers, or in an election) refuses such a
+# request at once ("etcdserver: no leader") and cancels such a watch, instead of
+# accepting a keepalive it cannot forward or a watch it can no longer feed. The refusal
+# is transient (translate: StoreUnavailable), so the request fails over to a member of
+# the majority long before the lease is in danger (etcd-io/etcd#8980).
+REQUIRE_LEADER = ("hasleader", "true")
+
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 1000),
@@ -121,7 +129,13 @@ class Connection:
         self.watch = api.watch(self.channel)
         self._auth = api.auth(self.channel)
         self._token_lock = threading.Lock()
-        self.metadata: m.Metadata = None
+        self._token: str | None = None
+
+    @property
+    def metadata(self) -> m.Metadata:
+        """What every request carries: the leader requirement, and the auth token."""
+        token = self._token
+        return (REQUIRE_LEADER,) if token is None else (REQUIRE_LEADER, ("token", token))
 
     def _channel(self) -> grpc.Channel:
         o = self._options
@@ -137,16 +151,16 @@ class Connection:
     def ensure_auth(self, timeout: float) -> None:
         """Fetch a token once per connection when user/password are configured."""
         o = self._options
-        if o.username is None or self.metadata is not None:
+        if o.username is None or self._token is not None:
             return
         with self._token_lock:
-            if self.metadata is None:
+            if self._token is None:
                 req = authenticate(o.username, o.password or "")
                 resp = self._auth.Authenticate(req, timeout=timeout)
-                self.metadata = (("token", resp.token),)
+                self._token = str(resp.token)
 
     def forget_token(self) -> None:
-        self.metadata = None
+        self._token = None
 
     def close(self) -> None:
         self.channel.close()

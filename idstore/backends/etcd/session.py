@@ -33,6 +33,12 @@ _MIN_REQUEST_TIMEOUT = 0.05  # a renewal sent with less time than this cannot su
 # next endpoint is likely to answer. With TTL/3 between attempts, two failed attempts
 # after a member loss used up the lease's deadline and the session was presumed LOST.
 _RENEW_RETRY_FIRST = 0.1
+# A renewal's own deadline, as a share of the TTL: a member that takes a keepalive and
+# never answers it (cut off from its peers before it noticed it has no leader) costs one
+# such slice, and the retries through the other endpoints still fit in the lease's
+# lifetime. With the whole request_timeout (5 s by default, the TTL of small setups) one
+# unanswered keepalive used up the lease and the node was presumed LOST.
+_RENEW_SHARE = 0.25
 
 
 class Session:
@@ -209,7 +215,11 @@ class Session:
 
     def _renew(self, lease: int, deadline: float) -> bool:
         """One renewal attempt; whether it succeeded."""
-        timeout = min(self._options.request_timeout, deadline - time.monotonic())
+        timeout = min(
+            self._options.request_timeout,
+            self.granted_ttl * _RENEW_SHARE,
+            deadline - time.monotonic(),
+        )
         if timeout < _MIN_REQUEST_TIMEOUT:
             return False  # the deadline check in the loop declares LOST
         sent = time.monotonic()
