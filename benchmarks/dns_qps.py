@@ -204,26 +204,14 @@ def cpu_seconds(pid: int) -> float:
 # ``idstore serve`` with the node's zone a plain Zone: what serving costs once idstore.node
 # reads the request-duration histogram from ``zone.stats.durations`` instead of wrapping
 # ``Zone.resolve`` (a wrapper keeps the server off its inline cached-reply path).
-UNTIMED = (
-    "import sys, idstore.node as n\n"
-    "from idstore.dns.zone import Zone\n"
-    "if hasattr(n, 'TimedZone'):\n"
-    "    n.TimedZone = lambda dns, pools, durations: Zone(dns, pools)\n"
-    "from idstore.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
 class Serve:
     """A real ``idstore serve`` process (``python -m idstore serve``) on a free port."""
 
-    def __init__(
-        self, config: Path, address: str, node_id: str, workdir: Path, untimed: bool = False
-    ) -> None:
+    def __init__(self, config: Path, address: str, node_id: str, workdir: Path) -> None:
         self.port = free_port()
         self.log_path = workdir / f"serve-{node_id}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        python = [sys.executable, *(["-c", UNTIMED] if untimed else ["-m", "idstore"])]
+        python = [sys.executable, "-m", "idstore"]
         # Same session as the benchmark (no setsid), like NSD and dnsperf: with the
         # kernel's autogroup scheduling a new session is its own CPU group, which on a
         # busy machine cost the serve process a third of its QPS against its peers.
@@ -371,9 +359,7 @@ def in_process_idstore(n: int, duration_every: int | None = None) -> Iterator[Ta
 
 
 @contextlib.contextmanager
-def real_idstore(
-    n: int, workdir: Path, backend: str = "etcd", untimed: bool = False
-) -> Iterator[Serve]:
+def real_idstore(n: int, workdir: Path, backend: str = "etcd") -> Iterator[Serve]:
     """A real store with N-1 fake claims and a real ``idstore serve`` claiming the N-th."""
     with store_server(backend) as endpoints:
         store = open_store(backend, endpoints)
@@ -381,7 +367,7 @@ def real_idstore(
             mine = random.randrange(n)  # the serve process gets whichever slot is left
             preclaim(store, [s for s in range(n) if s != mine])
             config = write_config(workdir / "idstore.toml", backend, endpoints, n)
-            node = Serve(config, address(mine), "bench-node", workdir, untimed)
+            node = Serve(config, address(mine), "bench-node", workdir)
             try:
                 wait_answering(node.port, 30)
                 node.check()
@@ -504,11 +490,6 @@ def main() -> None:
                     help="DnsServer+Zone fed directly, no store and no idstore serve")  # fmt: skip
     ap.add_argument("--skip-nsd", action="store_true")
     ap.add_argument(
-        "--untimed-zone",
-        action="store_true",
-        help="serve with a plain Zone instead of idstore.node's resolve-wrapping TimedZone",
-    )
-    ap.add_argument(
         "--duration-every",
         type=int,
         default=None,
@@ -520,8 +501,6 @@ def main() -> None:
         serve_in_process(args.names, args.duration_every)
         return
     mode = "in-process" if args.in_process else "idstore serve (etcd)"
-    if args.untimed_zone and not args.in_process:
-        mode += ", plain Zone"
     with tempfile.TemporaryDirectory(prefix="dns_qps.") as tmp:
         workdir = Path(tmp)
         datafile = query_file(workdir / "queries.txt", args.names, args.mix)
@@ -529,7 +508,7 @@ def main() -> None:
         if args.in_process:
             ours = in_process_idstore(args.names, args.duration_every)
         else:
-            ours = real_idstore(args.names, workdir, untimed=args.untimed_zone)
+            ours = real_idstore(args.names, workdir)
         with contextlib.ExitStack() as stack:
             target = stack.enter_context(ours)
             (workdir / "nsd").mkdir()

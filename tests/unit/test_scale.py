@@ -25,7 +25,7 @@ from idstore import cli, config
 from idstore.backends.base import Claim, SlotRecord
 from idstore.config import DnsSettings, PoolSettings, Settings
 from idstore.dns import DnsServer, Zone
-from idstore.dns.server import _mmsg
+from idstore.dns.udp_batch import mmsg as _mmsg
 from idstore.pattern import Pattern
 from idstore.view import Member
 
