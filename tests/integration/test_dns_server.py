@@ -288,3 +288,30 @@ def test_dig(start_server: ServerFactory) -> None:
     assert "status: NXDOMAIN" in dig(addr, "nope.tf.local.")
     assert "status: REFUSED" in dig(addr, "example.com.")
     assert dig(addr, "+short", "-x", "192.0.2.12").split() == ["worker2.tf.local."]
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed")
+def test_dig_standards(start_server: ServerFactory) -> None:
+    """What dig 9.18 shows of EDE (RFC 8914), NOTIMP (RFC 8906), BADKEY (RFC 8945) and
+    DNS-SD (RFC 6763)."""
+    _, zone, addr = start_server(n=3, max_stale=100.0)
+    now = time.monotonic()
+    zone.set_stale(now)
+    out = dig(addr, "worker1.tf.local.")
+    assert "status: NOERROR" in out and "; EDE: 3 (Stale Answer)" in out
+    zone.set_stale(now - 101)
+    out = dig(addr, "worker1.tf.local.")
+    assert "status: SERVFAIL" in out and "; EDE: 22 (No Reachable Authority)" in out
+    zone.set_stale(None)
+    assert "EDE" not in dig(addr, "worker1.tf.local.")
+    out = dig(addr, "+opcode=status", "+cd", "worker1.tf.local.")
+    assert "opcode: STATUS, status: NOTIMP" in out and ";; flags: qr;" in out
+    key = "hmac-sha256:bogus.key:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
+    out = dig(addr, "-y", key, "worker1.tf.local.")
+    assert "status: NOTAUTH" in out and "BADKEY" in out
+    types = dig(addr, "+short", "PTR", "_services._dns-sd._udp.tf.local.")
+    assert "_grpc._tcp.tf.local." in types.split()
+    instances = dig(addr, "+short", "PTR", "_grpc._tcp.tf.local.").split()
+    assert instances == [f"worker-{i}._grpc._tcp.tf.local." for i in range(3)]
+    srv = dig(addr, "+short", "SRV", "worker-1._grpc._tcp.tf.local.")
+    assert srv.split() == ["0", "1", "2222", "worker1.tf.local."]
