@@ -62,6 +62,7 @@ class DnsSettings:
     tcp_max_connections: int = 256
     rrl_per_second: int = 0  # responses per second per client /24 (/56); 0 = off
     log_queries: bool = False
+    transfer_allow: tuple[str, ...] = ()  # networks allowed AXFR over TCP; none by default
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ _DNS_KEYS = {
     "tcp_max_connections",
     "rrl_per_second",
     "log_queries",
+    "transfer_allow",
 }
 _STORE_KEYS = {"tls_ca", "tls_cert", "tls_key", "username", "password", "etcd", "zookeeper"}
 
@@ -466,7 +468,19 @@ def _dns(table: Any, pools: tuple[PoolSettings, ...]) -> DnsSettings:
         ),
         rrl_per_second=_int(table.get("rrl_per_second", 0), "dns.rrl_per_second", 0),
         log_queries=bool(table.get("log_queries", False)),
+        transfer_allow=_networks(table.get("transfer_allow", []), "dns.transfer_allow"),
     )
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    """Networks (``10.0.0.0/8``, ``fd00::/8``, or one address) in canonical form."""
+    out = []
+    for text in _str_list(value, key):
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as e:
+            raise ConfigError(key, text, f"not an IP network: {e}") from None
+    return tuple(out)
 
 
 def _addresses(value: Any) -> tuple[str, ...]:

@@ -125,6 +125,19 @@ class DnsSd:
                     return out
         return out
 
+    def zone_rrs(self, ttl: int) -> list[RR]:
+        """Every DNS-SD record, for a zone transfer."""
+        out = self.records(self.services, PTR, ttl)
+        for owner, pools in self.pools_of_type.items():
+            for pool in pools:
+                for slot in sorted(self.index.pool_slots.get(pool.name, {})):
+                    instance = self.by_slot.get((pool.name, slot))
+                    if instance is not None:
+                        target = records.labels(instance)
+                        out.append(records.ptr_rr(records.labels(owner), target, ttl))
+                        out += self.records(instance, ANY, ttl)
+        return out
+
 
 def instance_name(pool: str, slot: int, service: str, protocol: str, zone: str) -> bytes:
     """The wire name of a member's DNS-SD instance (for tests and tools)."""

@@ -24,6 +24,7 @@ from typing import cast
 
 from idstore.config import DnsSettings
 from idstore.dns.forward import Forwarder
+from idstore.dns.transfer import TransferRequest
 from idstore.dns.udp_batch import BatchUdp, mmsg
 from idstore.dns.zone import ForwardRequest, Zone
 
@@ -150,6 +151,8 @@ class _TcpConnection(asyncio.Protocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
         self.resolve = server.zone.resolve
+        self.resolve_transfer = server.zone.transfer
+        self.transferring = False  # a zone transfer is being built: hold further queries
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[object, ...] = ()
@@ -171,7 +174,7 @@ class _TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 2:
+        while len(buf) >= 2 and not self.transferring:
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
                 break  # the rest (even of the length prefix) comes in a later read
@@ -185,6 +188,33 @@ class _TcpConnection(asyncio.Protocol):
                 self.send(result)
             elif isinstance(result, ForwardRequest):
                 self.server.relay(result, self.send)
+            elif isinstance(result, TransferRequest):
+                self._start_transfer(result)
+                return  # the rest of the buffer waits until the transfer is written
+
+    def _start_transfer(self, request: TransferRequest) -> None:
+        """Stream a zone transfer; reading pauses meanwhile, so answers stay in order."""
+        if self.transport is None:
+            return
+        self.transferring = True
+        self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._transfer(request))
+        self.server._tasks.add(task)
+        task.add_done_callback(self.server._tasks.discard)
+
+    async def _transfer(self, request: TransferRequest) -> None:
+        try:
+            for message in await asyncio.to_thread(self.resolve_transfer, request):
+                self.send(message)
+        except Exception as e:  # a failed transfer costs this connection, never the server
+            log.warning("zone transfer failed: %r", e)
+            self.abort()
+            return
+        self.transferring = False
+        self.last = asyncio.get_running_loop().time()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.data_received(b"")  # queries that arrived with the transfer request
 
     def send(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -197,7 +227,7 @@ class _TcpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.transferring:
             self.transport.resume_reading()
 
     def _check_idle(self) -> None:

@@ -42,6 +42,7 @@ from idstore.dns.answers import (
 from idstore.dns.content import Content
 from idstore.dns.ratelimit import ALLOW, DROP, RateLimiter
 from idstore.dns.stats import DnsStats, cached_code
+from idstore.dns.transfer import TransferGate, TransferRequest, messages, zone_rrs
 from idstore.dns.wire import (
     AXFR,
     BADKEY,
@@ -92,6 +93,7 @@ class Zone(Content):
         self._stale_since: float | None = None
         self._opts: dict[tuple[bool, bool, int | None], bytes] = {}
         self._errors = 0
+        self.transfers = TransferGate()
         # Whole UDP replies (idstore.dns.replies). Replaced, never cleared in place,
         # after a change of state that every reply may depend on (identity, staleness,
         # settings), so a reply built from old state can only land in a discarded dict.
@@ -162,17 +164,20 @@ class Zone(Content):
         """The response to ``query`` (None = send nothing). Never raises.
 
         Out-of-zone queries get REFUSED here even when forwarding is configured: relaying
-        needs the event loop, which ``resolve`` hands to the server.
+        needs the event loop, which ``resolve`` hands to the server. An allowed zone
+        transfer comes back as its whole TCP stream (each message length-prefixed).
         """
         result = self.resolve(query, proto, client)
         if isinstance(result, ForwardRequest):
             return self._plain_reply(query, REFUSED)
+        if isinstance(result, TransferRequest):
+            return b"".join(struct.pack(">H", len(m)) + m for m in self.transfer(result))
         return result
 
     def resolve(self, query: bytes, proto: str, client: tuple[object, ...]
-                ) -> bytes | ForwardRequest | None:  # fmt: skip
+                ) -> bytes | ForwardRequest | TransferRequest | None:  # fmt: skip
         """Like ``answer`` but out-of-zone queries come back as a ForwardRequest when
-        forwarding is configured."""
+        forwarding is configured, and an allowed zone transfer as a TransferRequest."""
         if proto == "udp":
             hit = replies.replay(self._replies, query)
             if hit is not None:
@@ -189,7 +194,7 @@ class Zone(Content):
             return self._plain_reply(query, SERVFAIL)
 
     def _resolve(self, data: bytes, proto: str, client: tuple[object, ...]
-                 ) -> bytes | ForwardRequest | None:  # fmt: skip
+                 ) -> bytes | ForwardRequest | TransferRequest | None:  # fmt: skip
         replies_now = self._replies  # taken before any state is read; see __init__
         try:
             q = wire.parse_query(data)
@@ -202,6 +207,10 @@ class Zone(Content):
             return self._badvers(data, q)
         if q.tsig is not None:
             return self._badkey(data, q)
+        if q.qtype in (AXFR, IXFR):
+            request = self._transfer_request(data, q, proto, client)
+            if request is not None:
+                return request
         if q.edns:
             limit = TCP_MAX if proto == "tcp" else min(max(q.udp_size, 512), MAX_UDP)
         else:
@@ -279,6 +288,34 @@ class Zone(Content):
         with self._lock:
             return self.prepare(qname, q.qtype, apex)
 
+    def _transfer_request(self, data: bytes, q: Query, proto: str, client: tuple[object, ...]
+                          ) -> TransferRequest | None:  # fmt: skip
+        """An AXFR/IXFR of one of our zones over TCP from an allowed client; None (and
+        REFUSED by ``_lookup``) otherwise."""
+        apex = self.apex_of(q.qname)
+        if apex is None or q.qclass != CLASS_IN:
+            return None
+        peer = client[0] if client else "?"
+        zone = wire.wire_to_text(q.qname)
+        if q.qname != apex:
+            self.transfers.refused(peer, zone, "not a zone apex")
+        elif proto != "tcp":
+            self.transfers.refused(peer, zone, "over UDP")
+        elif not self.transfers.allowed(self.dns.transfer_allow, peer):
+            self.transfers.refused(peer, zone, "not in dns.transfer_allow")
+        else:
+            log.info("zone transfer of %s to %s, serial %d", zone, peer, self.serial)
+            return TransferRequest(data, q, apex)
+        return None
+
+    def transfer(self, request: TransferRequest) -> list[bytes]:
+        """The messages of an allowed transfer: a snapshot under the lock, packed outside
+        it (the server runs this in a worker thread)."""
+        with self._lock:
+            rrs = zone_rrs(self, request.apex)
+        self.stats.responses[0] = self.stats.responses.get(0, 0) + 1
+        return messages(request, rrs)
+
     def _opt(self, nsid: bool, do: bool, ede: int | None) -> bytes:
         key = (nsid and bool(self._nsid), do, ede)
         opt = self._opts.get(key)
@@ -335,4 +372,4 @@ class Zone(Content):
                  client[0] if client else "?", wire.RCODE_NAMES.get(rcode, rcode))  # fmt: skip
 
 
-__all__ = ["EMPTY", "Dep", "ForwardRequest", "Prepared", "Zone"]
+__all__ = ["EMPTY", "Dep", "ForwardRequest", "Prepared", "TransferRequest", "Zone"]

@@ -5,14 +5,19 @@ of letter case (0x20) and of changes that touch one name."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.rdatatype
+import pytest
 
+from idstore import config
 from idstore.dns import Zone
+from idstore.errors import ConfigError
 from idstore.view import Member
 from tests.unit.test_dns_zone import CLIENT, ask, make_zone, member, texts, zone
 
@@ -147,3 +152,42 @@ def test_serial_grows_with_every_change_and_negatives_follow(zone: Zone) -> None
     zone.update([("worker", 9, member(9))])
     second = ask(zone, "nope.tf.local.").authority[0][0].serial
     assert second == first + 1
+
+
+# --------------------------------------------------------------------------- AXFR
+
+
+def test_transfer_allow_is_validated_and_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "idstore.toml"
+    base = "[pools.worker]\npattern = 'worker{{.ID}}.tf.local.'\nlimit = 4\n[dns]\n"
+    path.write_text(base)
+    assert config.load(cli={"config": str(path)}, environ={}).dns.transfer_allow == ()
+    path.write_text(base + 'transfer_allow = ["10.1.2.3/8", "fd00::1", "192.0.2.7"]\n')
+    allowed = config.load(cli={"config": str(path)}, environ={}).dns.transfer_allow
+    assert allowed == ("10.0.0.0/8", "fd00::1/128", "192.0.2.7/32")
+    path.write_text(base + 'transfer_allow = ["not-a-network"]\n')
+    with pytest.raises(ConfigError, match=r"dns\.transfer_allow"):
+        config.load(cli={"config": str(path)}, environ={})
+
+
+def axfr(zone: Zone, client: str) -> list[dns.message.Message]:
+    """The messages of an allowed transfer (Zone.answer gives its TCP stream)."""
+    q = dns.message.make_query("tf.local.", "AXFR").to_wire()
+    stream = zone.answer(q, "tcp", (client, 53000)) or b""
+    out = []
+    while stream:
+        size = int.from_bytes(stream[:2], "big")
+        out.append(dns.message.from_wire(stream[2 : 2 + size], one_rr_per_rrset=True))
+        stream = stream[2 + size :]
+    return out
+
+
+def test_axfr_only_for_allowed_clients() -> None:
+    zone = make_zone(4, transfer_allow=("10.0.0.0/8",))
+    messages = axfr(zone, "10.9.8.7")
+    records = [rrset for m in messages for rrset in m.answer]
+    assert records[0].rdtype == records[-1].rdtype == dns.rdatatype.SOA
+    assert records[0][0].serial == zone.serial
+    q = dns.message.make_query("tf.local.", "AXFR")
+    refused = dns.message.from_wire(zone.answer(q.to_wire(), "tcp", ("192.0.2.1", 1)) or b"")
+    assert refused.rcode() == dns.rcode.REFUSED
