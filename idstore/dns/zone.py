@@ -97,7 +97,7 @@ class Zone(Content):
         # Whole UDP replies (idstore.dns.replies). Replaced, never cleared in place,
         # after a change of state that every reply may depend on (identity, staleness,
         # settings), so a reply built from old state can only land in a discarded dict.
-        self._replies: replies.Replies = {}
+        self._replies = replies.Replies()
 
     # ------------------------------------------------------------------ view input
 
@@ -121,7 +121,7 @@ class Zone(Content):
             self._nsid = name.encode("ascii", "replace")[:255] if name else b""
             self._opts = {}
             self.forget_ns()
-            self._replies = {}
+            self._replies = replies.Replies()
 
     def set_stale(self, since: float | None) -> None:
         """time.monotonic() since which the view is unconfirmed, or None when fresh."""
@@ -144,7 +144,7 @@ class Zone(Content):
 
         Replies built for the earlier state are dropped: max_stale and the stale TTL
         decide what they say. Cached answers go when their TTLs change (or ``rebuild``)."""
-        self._replies = {}
+        self._replies = replies.Replies()
         since = self._stale_since
         cap = self.dns.stale_ttl if since is not None else None
         ttl = min(self.dns.ttl, cap) if cap is not None else self.dns.ttl
