@@ -70,16 +70,15 @@ class Content:
     # ------------------------------------------------------------------ changes
 
     def apply(self, pool: str, slot: int, member: Member | None) -> None:
+        settings = self.pools.get(pool)
         old = self.index.apply(pool, slot, member)
         if old is not None:
-            self._forget(old[0], pool, old[1], self.dnssd.drop(pool, slot))
-        settings = self.pools.get(pool)
+            self._forget(old[0], pool, old[1], self.dnssd.touched(settings, slot))
         if member is None:
             return
         new = self.index.add(pool, slot, member)
         if new is not None:
-            keys = self.dnssd.add(settings, slot, member) if settings is not None else []
-            self._forget(new[0], pool, new[1], keys)
+            self._forget(new[0], pool, new[1], self.dnssd.touched(settings, slot))
 
     def _drop(self, key: tuple[bytes, int]) -> None:
         entry = self.cache.pop(key, None)
@@ -147,7 +146,7 @@ class Content:
         entry = self.cache.get(key)
         if entry is not None:
             return entry
-        if qname not in self.index.names:
+        if qname not in self.index.names and not self.dnssd.exists(qname):
             return self._negative(qname, apex, NXDOMAIN)
         answers, additional = self._records(qname, qtype, apex)
         if not answers:

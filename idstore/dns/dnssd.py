@@ -9,14 +9,14 @@
 - each instance: SRV (priority 0, weight 1, port, target = the member's name) and TXT
   ``pool=<p>`` ``slot=<n>`` ``node=<id>`` (RFC 6763 section 6 key=value strings).
 
-What is kept: the instance name of each (pool, slot) and back, to answer and to know
-which answers a change touches, and each instance's PTR record packed once (a type's
-PTR answer joins them, like a pool's SRV answer).
+Nothing is kept per member but each instance's PTR record, packed once when a type is
+first browsed (a type's PTR answer joins them, like a pool's SRV answer): an instance
+name is parsed back into its pool and slot, whose member the name index holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dnslib import RR
 
@@ -42,12 +42,12 @@ class DnsSd:
         self.services = b"\x09_services\x07_dns-sd\x04_udp" + apex
         self.type_of_pool: dict[str, bytes] = {}
         self.pools_of_type: dict[bytes, list[PoolSettings]] = {}
+        self.pool_by_label: dict[bytes, PoolSettings] = {}
         for pool in pools:
             owner = _label(f"_{pool.service}") + _label(f"_{pool.protocol}") + apex
             self.type_of_pool[pool.name] = owner
             self.pools_of_type.setdefault(owner, []).append(pool)
-        self.instances: dict[bytes, tuple[PoolSettings, int]] = {}
-        self.by_slot: dict[tuple[str, int], bytes] = {}
+            self.pool_by_label[pool.name.lower().encode("utf-8", "replace")] = pool
         self.ptr_chunks: dict[bytes, Chunk] = {}
         index.add_name(self.services, apex)
         for owner in self.pools_of_type:
@@ -56,28 +56,39 @@ class DnsSd:
     def _port(self, pool: PoolSettings, member: Member) -> int | None:
         return member.ports.get(pool.service, pool.port)
 
-    def add(self, pool: PoolSettings, slot: int, member: Member) -> list[Key]:
-        """Index a member; the answers it changes (none if it has no port)."""
-        if self._port(pool, member) is None:
+    def instance(self, pool: PoolSettings, slot: int) -> bytes:
+        return _label(f"{pool.name}-{slot}") + self.type_of_pool[pool.name]
+
+    def _member(self, qname: bytes) -> tuple[PoolSettings, int, bytes, Member] | None:
+        """The (pool, slot, name, member) an instance name stands for, if it exists:
+        parsed from the name itself, so nothing is kept per member."""
+        length = qname[0] if qname else 0
+        first = qname[1 : 1 + length]
+        pool_label, dash, slot_text = first.rpartition(b"-")
+        pool = self.pool_by_label.get(pool_label)
+        if not dash or pool is None or not slot_text.isdigit() or len(slot_text) > 9:
+            return None
+        if qname[1 + length :] != self.type_of_pool[pool.name]:
+            return None
+        slot = int(slot_text)
+        name = self.index.pool_slots.get(pool.name, {}).get(slot)
+        member = self.index.members.get(name) if name is not None else None
+        if name is None or member is None or self._port(pool, member) is None:
+            return None
+        if qname != self.instance(pool, slot):  # e.g. a leading zero in the slot
+            return None
+        return pool, slot, name, member
+
+    def exists(self, qname: bytes) -> bool:
+        return self._member(qname) is not None
+
+    def touched(self, pool: PoolSettings | None, slot: int) -> list[Key]:
+        """The answers a change of (pool, slot) can alter."""
+        if pool is None:
             return []
         owner = self.type_of_pool[pool.name]
-        instance = _label(f"{pool.name}-{slot}") + owner
-        self.instances[instance] = (pool, slot)
-        self.by_slot[(pool.name, slot)] = instance
-        self.index.add_name(instance, self.apex)
-        return self._keys(owner, instance)
-
-    def drop(self, pool: str, slot: int) -> list[Key]:
-        instance = self.by_slot.pop((pool, slot), None)
-        if instance is None:
-            return []
-        del self.instances[instance]
+        instance = self.instance(pool, slot)
         self.ptr_chunks.pop(instance, None)
-        self.index.drop_name(instance, self.apex)
-        return self._keys(self.type_of_pool[pool], instance)
-
-    @staticmethod
-    def _keys(owner: bytes, instance: bytes) -> list[Key]:
         return [(owner, PTR), (owner, ANY), (instance, SRV), (instance, TXT), (instance, ANY)]
 
     def records(self, qname: bytes, qtype: int, ttl: int) -> list[RR]:
@@ -85,21 +96,23 @@ class DnsSd:
         owner = records.labels(qname)
         if qname == self.services and qtype in (PTR, ANY):
             return [records.ptr_rr(owner, records.labels(t), ttl) for t in self.pools_of_type]
-        found = self.instances.get(qname)
+        found = self._member(qname) if qtype in (SRV, TXT, ANY) else None
         if found is None:
             return []
-        pool, slot = found
-        name = self.index.pool_slots.get(pool.name, {}).get(slot)
-        member = self.index.members.get(name) if name is not None else None
-        if member is None:
-            return []
+        pool, _, name, member = found
         out = []
         port = self._port(pool, member)
         if qtype in (SRV, ANY) and port is not None:
-            out.append(records.srv_rr(owner, records.labels(name or b"\x00"), port, ttl))
+            out.append(records.srv_rr(owner, records.labels(name), port, ttl))
         if qtype in (TXT, ANY):
             out.append(records.txt_rr(owner, member, ttl))
         return out
+
+    def _instances(self, pools: list[PoolSettings]) -> Iterator[bytes]:
+        for pool in pools:
+            for slot, _, member in self.index.pool_members(pool.name):
+                if self._port(pool, member) is not None:
+                    yield self.instance(pool, slot)
 
     def instance_chunks(self, qname: bytes, qtype: int, ttl: int) -> list[Chunk]:
         """The PTR answer of a service type: its instances by pool, then slot; packed
@@ -110,32 +123,24 @@ class DnsSd:
         out: list[Chunk] = []
         size = 0
         owner = records.labels(qname)
-        for pool in pools:
-            for slot in sorted(self.index.pool_slots.get(pool.name, {})):
-                instance = self.by_slot.get((pool.name, slot))
-                if instance is None:
-                    continue
-                chunk = self.ptr_chunks.get(instance)
-                if chunk is None:
-                    rr = records.ptr_rr(owner, records.labels(instance), ttl)
-                    chunk = self.ptr_chunks[instance] = (records.pack_after(qname, [rr]), 1)
-                out.append(chunk)
-                size += len(chunk[0])
-                if size > BODY_CAP:
-                    return out
+        for instance in self._instances(pools):
+            chunk = self.ptr_chunks.get(instance)
+            if chunk is None:
+                rr = records.ptr_rr(owner, records.labels(instance), ttl)
+                chunk = self.ptr_chunks[instance] = (records.pack_after(qname, [rr]), 1)
+            out.append(chunk)
+            size += len(chunk[0])
+            if size > BODY_CAP:
+                return out
         return out
 
     def zone_rrs(self, ttl: int) -> list[RR]:
         """Every DNS-SD record, for a zone transfer."""
         out = self.records(self.services, PTR, ttl)
         for owner, pools in self.pools_of_type.items():
-            for pool in pools:
-                for slot in sorted(self.index.pool_slots.get(pool.name, {})):
-                    instance = self.by_slot.get((pool.name, slot))
-                    if instance is not None:
-                        target = records.labels(instance)
-                        out.append(records.ptr_rr(records.labels(owner), target, ttl))
-                        out += self.records(instance, ANY, ttl)
+            for instance in self._instances(pools):
+                out.append(records.ptr_rr(records.labels(owner), records.labels(instance), ttl))
+                out += self.records(instance, ANY, ttl)
         return out
 
 

@@ -9,6 +9,9 @@ Lower-casing also folds the non-name octets, so a folded entry remembers them ve
 and a hit must match them exactly: two queries differing anywhere but in the case of
 the name never share a reply.
 
+Folded entries are made only for queries with an upper-case letter (a lower-case
+query's exact entry is its folded one), so traffic without 0x20 costs no memory there.
+
 Each entry holds the ``Dep`` its answer came from and is replayed only while that is
 live: a change of the view kills the answers it touches (and, through the SOA serial,
 every negative answer), leaving every other reply in place.
@@ -61,7 +64,9 @@ def remember(replies: Replies, data: bytes, qend: int, reply: bytes, code: int, 
     if len(exact) >= MAX_REPLIES:
         exact.clear()
     exact[data[2:]] = (reply[2:], code, dep)
+    key = data[2:].lower()
+    if key == data[2:] and key not in folded:
+        return  # an all-lower-case query: ``exact`` serves it until another case shows up
     if len(folded) >= MAX_REPLIES:
         folded.clear()
-    key = data[2:].lower()
     folded[key] = (data[2:12], qend, data[qend:], reply[2:12], reply[qend + 4 :], code, dep)

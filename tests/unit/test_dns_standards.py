@@ -116,6 +116,7 @@ def replayed(zone: Zone) -> int:
 
 def test_random_case_hits_the_reply_cache_and_echoes_the_case(zone: Zone) -> None:
     ask(zone, "worker1.tf.local.")
+    ask(zone, "Worker1.tf.local.")  # the first upper-case query seeds the folded level
     before = replayed(zone)
     for name in ("WORKER1.tf.local.", "wOrKeR1.Tf.LoCaL.", "worker1.TF.LOCAL."):
         r = ask(zone, name)
