@@ -17,6 +17,15 @@ index of it, not a copy of the claims):
 
 Everything else served (A, AAAA, TXT, PTR, apex records) is packed by dnslib into the
 zone's answer cache, keyed by (name, type), when a query first needs it after a change.
+
+Why the index keeps a reference to each ``Member`` instead of only packed records:
+dnslib packs one RR in ~12 us here, so packing every record of every name as it changes
+(A, TXT, SRV and its glue, PTR: ~5 per name) would cost ~0.6 s for a 10,000-name view
+at boot, past the 0.2-0.5 s the whole mirror -> view -> zone chain takes; packing on
+first use costs only the names asked for, once per change. Zone transfers also read
+the members. DNS-SD (idstore.dns.dnssd) keeps nothing per member. Measured with
+tracemalloc, 10,000 names each asked once: 5.8 MB for this index, 7.0 MB for answers
+and whole replies.
 """
 
 from __future__ import annotations
