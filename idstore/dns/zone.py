@@ -305,6 +305,7 @@ class Zone(Content):
             self.transfers.refused(peer, zone, "not in dns.transfer_allow")
         else:
             log.info("zone transfer of %s to %s, serial %d", zone, peer, self.serial)
+            self.stats.responses[0] = self.stats.responses.get(0, 0) + 1
             return TransferRequest(data, q, apex)
         return None
 
@@ -313,7 +314,6 @@ class Zone(Content):
         it (the server runs this in a worker thread)."""
         with self._lock:
             rrs = zone_rrs(self, request.apex)
-        self.stats.responses[0] = self.stats.responses.get(0, 0) + 1
         return messages(request, rrs)
 
     def _opt(self, nsid: bool, do: bool, ede: int | None) -> bytes:
