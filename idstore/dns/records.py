@@ -44,7 +44,8 @@ OPT_EDE = 15  # RFC 8914 Extended DNS Error
 EDE_STALE_ANSWER = 3
 EDE_NO_REACHABLE_AUTHORITY = 22
 
-# No secondary needs short timers: the zone changes by NOTIFY-less AXFR polling at most.
+# SOA timers, read only by secondaries (idstore.dns.transfer). idstore sends no NOTIFY;
+# the README has secondaries cap their refresh instead of changing answers served today.
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 3600, 600, 86400
 
 _ADDR = {"A": QTYPE.A, "AAAA": QTYPE.AAAA}
