@@ -19,9 +19,10 @@ Off the happy path (issue 14), each in the same run as the plain figures:
 - ``--case-mix``: every query line in random letter case (as resolvers using 0x20
   randomisation send), 100 case variants of each name, so a reply cache keyed on raw
   bytes would miss; idstore and NSD get the same file. Ratio: idstore/NSD.
-- ``--churn R``: while dnsperf runs, a second store client (its own session) claims R
-  slots a second and releases each a second later (R claims + R releases per second,
-  spare slots past the N names), through the real store, watch and view. Printed next to
+- ``--churn R``: while dnsperf runs, other store clients (own sessions, one per 100
+  slots a second) claim R slots a second and release each a second later (R claims +
+  R releases per second, spare slots past the N names), through the real store, watch
+  and view; the changes per second reached are printed. Printed next to
   idstore's plain figure of the same round; ratio: churn/plain. Needs the real store
   (not ``--in-process``).
 
@@ -398,47 +399,57 @@ def real_idstore(
 
 
 class Churn:
-    """A second store client claiming ``rate`` slots a second (slots n .. n+2*rate-1),
-    each released about a second after its claim, until stopped."""
+    """Second store clients claiming ``rate`` slots a second in all (slots n ..
+    n+2*rate-1), each released about a second after its claim, until stopped. One client
+    (its own session and thread) per 100 slots a second: one etcd client alone reaches
+    only a few hundred requests a second here."""
 
     def __init__(self, backend: str, endpoints: Sequence[str], n: int, rate: int) -> None:
-        self.store = open_store(backend, endpoints, cluster="bench")
+        workers = max(1, -(-rate // 100))
+        self.rates = [rate // workers + (1 if w < rate % workers else 0) for w in range(workers)]
+        self.stores = [open_store(backend, endpoints, cluster="bench") for _ in self.rates]
         self.n, self.rate = n, rate
-        self.ops = 0
-        self.errors = 0
+        self.ops = [0] * workers
+        self.errors = [0] * workers
         self.started = self.elapsed = 0.0
         self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True)
+                        for w in range(workers)]  # fmt: skip
 
     def __enter__(self) -> Churn:
         self.started = time.monotonic()
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_flag.set()
-        self.thread.join(30)
+        for thread in self.threads:
+            thread.join(30)
         self.elapsed = time.monotonic() - self.started
-        self.store.close(release=True)
+        for store in self.stores:
+            store.close(release=True)
 
-    def _run(self) -> None:
-        spare = 2 * self.rate
+    def _run(self, w: int) -> None:
+        store, rate = self.stores[w], self.rates[w]
+        base = self.n + 2 * sum(self.rates[:w])  # this worker's spare slots
+        spare = 2 * rate
         held: dict[int, Any] = {}
-        tick = 1.0 / self.rate
+        tick = 1.0 / rate
         next_at = time.monotonic()
         i = 0
         while not self.stop_flag.is_set():
-            slot = self.n + i % spare
-            old = self.n + (i - self.rate) % spare
+            slot = base + i % spare
+            old = base + (i - rate) % spare
             try:
                 if old in held:
-                    self.store.release(held.pop(old))
-                    self.ops += 1
+                    store.release(held.pop(old))
+                    self.ops[w] += 1
                 if slot not in held:
-                    held[slot] = self.store.claim(POOL, slot, fake_record(slot))
-                    self.ops += 1
+                    held[slot] = store.claim(POOL, slot, fake_record(slot))
+                    self.ops[w] += 1
             except Exception:  # a lost race or a slow store: count it, keep the pace
-                self.errors += 1
+                self.errors[w] += 1
             i += 1
             next_at += tick
             delay = next_at - time.monotonic()
@@ -446,8 +457,9 @@ class Churn:
                 time.sleep(delay)
 
     def figures(self) -> dict[str, Any]:
-        return {"churn_ops_per_s": round(self.ops / max(self.elapsed, 1e-9), 1),
-                "churn_errors": self.errors}  # fmt: skip
+        return {"churn_clients": len(self.rates),
+                "churn_ops_per_s": round(sum(self.ops) / max(self.elapsed, 1e-9), 1),
+                "churn_errors": sum(self.errors)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- NSD side
