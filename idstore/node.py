@@ -42,6 +42,7 @@ RELOADABLE_DNS = (
     "forward",
     "forward_timeout",
     "log_queries",
+    "transfer_allow",
 )
 
 log = logging.getLogger(__name__)
