@@ -24,7 +24,7 @@ MAX_UDP = 1232  # RFC 9715 / DNS flag day 2020: the largest UDP reply we ever se
 @dataclass(frozen=True)
 class DnsSettings:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
-    zone: str = "idstore.local."
+    zone: str = "idstore.internal."
     ttl: int = 5  # TTL of positive answers
     negative_ttl: int = 5  # SOA minimum: how long resolvers cache NXDOMAIN / NODATA
     reverse_zones: tuple[str, ...] = ()  # e.g. "2.0.192.in-addr.arpa."
