@@ -31,7 +31,11 @@ Usage::
 
     python benchmarks/alloc_storm.py --backend etcd|zookeeper --nodes N
         [--endpoints URL ...] [--no-baseline] [--repeat K] [--procs P]
-        [--baseline-max-s S] [--baseline-atomic]
+        [--baseline-max-s S] [--baseline-atomic] [--hinted]
+
+``--hinted``: every node boots with a slot hint (``prefer_slot``: node i -> slot
+first + i, as a scheduler's index), so it claims that slot directly without queueing;
+prints one JSON line per run with ``algorithm`` = ``idstore-hinted`` (no baseline).
 """
 
 from __future__ import annotations
@@ -160,6 +164,8 @@ class Simulation:
 def simulation(job: Job, indices: range) -> Simulation:
     if job.algorithm == "idstore":
         return IdstoreSimulation(job, indices)
+    if job.algorithm == "idstore-hinted":
+        return HintedSimulation(job, indices)
     return IdetcdSimulation(job, indices)
 
 
@@ -309,6 +315,48 @@ def run_idstore(
             "procs": procs,
             "claim_attempts_total": attempts,
             "lost_races": attempts - sum(1 for o in outcomes if o.slot is not None),
+        },
+    )
+
+
+# ---------------------------------------------------------------------- idstore --hinted
+
+
+class HintedSimulation(IdstoreSimulation):
+    """Every node with its own slot hint (a scheduler's index): one claim, no queue."""
+
+    def node(self, k: int) -> Outcome:
+        store = self.stores[k]
+        store.open()
+        i = self.indices[k]
+        record = SlotRecord(f"node-{i}", uuid.uuid4().hex, ("192.0.2.1",))
+        alloc = Allocator(store, self.pool, record, prefer_slot=self.job.first + i)
+        claim = None
+        give_up = time.monotonic() + self.job.timeout
+        while claim is None and time.monotonic() < give_up:
+            claim = alloc.acquire()
+        return Outcome(
+            claim.slot if claim else None, requests_of(store), attempts=alloc.claim_attempts
+        )
+
+
+def run_hinted(
+    backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float, procs: int
+) -> Run:
+    cluster = f"hinted{uuid.uuid4().hex[:8]}"
+    job = Job("idstore-hinted", backend, tuple(endpoints), n, first, cluster, timeout)
+    outcomes, wall = storm(job, procs)
+    return Run(
+        backend,
+        "idstore-hinted",
+        n,
+        first,
+        outcomes,
+        wall,
+        {
+            "procs": procs,
+            "claim_attempts_total": sum(o.attempts for o in outcomes),
+            "on_hinted_slot": sum(1 for k, o in enumerate(outcomes) if o.slot == first + k),
         },
     )
 
@@ -535,11 +583,22 @@ def main() -> None:
                     help="stop the baseline after this long and extrapolate")  # fmt: skip
     ap.add_argument("--baseline-atomic", action="store_true",
                     help="etcd baseline: put-if-absent instead of idetcd's blind put")  # fmt: skip
+    ap.add_argument("--hinted", action="store_true",
+                    help="each node with its own slot hint (prefer_slot)")  # fmt: skip
     args = ap.parse_args()
     if not 1 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes must be between 1 and {MAX_NODES}")
     logging.basicConfig(level=logging.ERROR)
     procs = args.procs or -(-args.nodes // NODES_PER_PROC)
+    if args.hinted:
+        with store_endpoints(args.backend, args.endpoints) as endpoints:
+            for _ in range(max(1, args.repeat)):
+                emit(
+                    run_hinted(
+                        args.backend, endpoints, args.nodes, args.first, args.timeout, procs
+                    ).figures()
+                )
+        return
 
     with store_endpoints(args.backend, args.endpoints) as endpoints:
         runs = [
