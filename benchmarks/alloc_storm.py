@@ -31,11 +31,13 @@ Usage::
 
     python benchmarks/alloc_storm.py --backend etcd|zookeeper --nodes N
         [--endpoints URL ...] [--no-baseline] [--repeat K] [--procs P]
-        [--baseline-max-s S] [--baseline-atomic] [--hinted]
+        [--baseline-max-s S] [--baseline-atomic] [--hinted [--existing-pool]]
 
 ``--hinted``: every node boots with a slot hint (``prefer_slot``: node i -> slot
 first + i, as a scheduler's index), so it claims that slot directly without queueing;
 prints one JSON line per run with ``algorithm`` = ``idstore-hinted`` (no baseline).
+``--existing-pool``: the pool was used before (its keys' parents exist), as at a job's
+second boot.
 """
 
 from __future__ import annotations
@@ -341,9 +343,22 @@ class HintedSimulation(IdstoreSimulation):
 
 
 def run_hinted(
-    backend: str, endpoints: Sequence[str], n: int, first: int, timeout: float, procs: int
+    backend: str,
+    endpoints: Sequence[str],
+    n: int,
+    first: int,
+    timeout: float,
+    procs: int,
+    existing: bool = False,
 ) -> Run:
+    """``existing``: the pool has been used before (a job's second boot), so its keys'
+    parents exist; on ZooKeeper a node that meets a brand-new pool must create its
+    znodes first (a NoNode, then the tree, then the claim again)."""
     cluster = f"hinted{uuid.uuid4().hex[:8]}"
+    if existing:
+        with backends.create(backend, options_for(endpoints, cluster)) as store:
+            rec = SlotRecord("previous-job", uuid.uuid4().hex)
+            store.release(store.claim(POOL, first, rec))
     job = Job("idstore-hinted", backend, tuple(endpoints), n, first, cluster, timeout)
     outcomes, wall = storm(job, procs)
     return Run(
@@ -357,6 +372,7 @@ def run_hinted(
             "procs": procs,
             "claim_attempts_total": sum(o.attempts for o in outcomes),
             "on_hinted_slot": sum(1 for k, o in enumerate(outcomes) if o.slot == first + k),
+            "pool_existed": existing,
         },
     )
 
@@ -585,6 +601,8 @@ def main() -> None:
                     help="etcd baseline: put-if-absent instead of idetcd's blind put")  # fmt: skip
     ap.add_argument("--hinted", action="store_true",
                     help="each node with its own slot hint (prefer_slot)")  # fmt: skip
+    ap.add_argument("--existing-pool", action="store_true",
+                    help="--hinted: the pool was used before (its tree exists)")  # fmt: skip
     args = ap.parse_args()
     if not 1 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes must be between 1 and {MAX_NODES}")
@@ -593,11 +611,16 @@ def main() -> None:
     if args.hinted:
         with store_endpoints(args.backend, args.endpoints) as endpoints:
             for _ in range(max(1, args.repeat)):
-                emit(
-                    run_hinted(
-                        args.backend, endpoints, args.nodes, args.first, args.timeout, procs
-                    ).figures()
+                run = run_hinted(
+                    args.backend,
+                    endpoints,
+                    args.nodes,
+                    args.first,
+                    args.timeout,
+                    procs,
+                    args.existing_pool,
                 )
+                emit(run.figures())
         return
 
     with store_endpoints(args.backend, args.endpoints) as endpoints:
