@@ -37,6 +37,7 @@ from idstore.backends.base import (
 )
 from idstore.config import PoolSettings
 from idstore.errors import IdstoreError, NotOwner, SessionLost, SlotTaken
+from idstore.hinted import SlotHint
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,9 @@ class Allocator:
         self.pool = pool
         self.record = record
         self.max_attempts = max_attempts_per_round
-        self.prefer_slot = prefer_slot
-        self.require = require
+        self.hint = SlotHint(pool, prefer_slot, require) if prefer_slot is not None else None
         # None once the ports are chosen (they then live in self.record)
         self._choose_ports = choose_ports
-        self._hint_owner: tuple[str, str] | None = None  # last reported holder of the hint
         self.status = Status.STARTING
         self.claim: Claim | None = None
         self.claim_attempts = 0
@@ -209,7 +208,7 @@ class Allocator:
             log.warning("claiming a slot of pool %s failed: %s; retrying", self.pool.name, e)
             return
         if claim is None:
-            if not (self.require and self.prefer_slot is not None):
+            if self.hint is None or not self.hint.require:
                 self._report_full()
             return
         self._set(Status.HELD, claim)
@@ -241,9 +240,9 @@ class Allocator:
         when a slot frees). Raises IdstoreError on store trouble.
         """
         record = replace(self.record, claimed_at=time.time())
-        if self.prefer_slot is not None:
-            hinted = self._claim_hinted(record)
-            if hinted is not None or self.require:
+        if self.hint is not None:
+            hinted = self._claim_hinted(self.hint, record)
+            if hinted is not None or self.hint.require:
                 return self._settle(hinted)
         pos = self._join()
         record = self._with_ports(record, pos.own)
@@ -261,6 +260,16 @@ class Allocator:
             self._previous = None
         return self._settle(claim)
 
+    def _claim_hinted(self, hint: SlotHint, record: SlotRecord) -> Claim | None:
+        before = hint.attempts
+        claim = hint.claim(self.store, record, self._with_ports)
+        self.claim_attempts += hint.attempts - before
+        if claim is not None and self._ticket is not None:
+            self._leave(self._ticket)  # in line from an earlier round: leave it
+        if claim is None and hint.require and self.status is not Status.WAITING:
+            self._set(Status.WAITING, None)
+        return claim
+
     def _settle(self, claim: Claim | None) -> Claim | None:
         """A claim fixes this process's ports: a re-claim after LOST publishes the same."""
         if claim is not None and self._choose_ports is not None:
@@ -275,46 +284,6 @@ class Allocator:
         earlier = next((c for c in own if c.record.node_id == record.node_id), None)
         ports = self._choose_ports(earlier.record.ports if earlier is not None else {})
         return replace(record, ports=dict(ports))
-
-    def _claim_hinted(self, record: SlotRecord) -> Claim | None:
-        """The hinted slot: one claim; our earlier boot's claim there is taken back."""
-        slot = self.prefer_slot
-        assert slot is not None
-        self.claim_attempts += 1
-        try:
-            claim = self.store.claim(self.pool.name, slot, self._with_ports(record, ()))
-        except SlotTaken as e:
-            owner = e.owner if isinstance(e.owner, Claim) else None
-        else:
-            if self._ticket is not None:
-                self._leave(self._ticket)  # in line from an earlier round: leave it
-            self._hint_owner = None
-            return claim
-        if owner is not None and owner.record.node_id == record.node_id:
-            self.claim_attempts += 1
-            try:
-                return self.store.reclaim(owner, self._with_ports(record, (owner,)))
-            except (SlotTaken, NotOwner):
-                pass
-        self._report_hint_taken(slot, owner)
-        return None
-
-    def _report_hint_taken(self, slot: int, owner: Claim | None) -> None:
-        who = (owner.record.node_id, ",".join(owner.record.addresses)) if owner else ("?", "")
-        if self.require and self.status is not Status.WAITING:
-            self._set(Status.WAITING, None)
-        if who == self._hint_owner:
-            return  # said already: a waiting node retries every second or two
-        self._hint_owner = who
-        log.warning(
-            "preferred slot %s of pool %s (%s) is held by node %s (%s); %s",
-            slot,
-            self.pool.name,
-            self.pool.name_of(slot),
-            who[0],
-            who[1] or "-",
-            "waiting for it (prefer = require)" if self.require else "taking a place in line",
-        )
 
     def _claim_previous(self, pos: Position, record: SlotRecord) -> Claim | None:
         """After a LOST: the slot we held, if it is still free (one attempt)."""

@@ -75,7 +75,7 @@ def test_hinted_slot_of_another_identity_falls_back_and_names_the_holder(
     node: Start, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert node("a", hint=0).acquire() is not None
-    with caplog.at_level(logging.WARNING, "idstore.allocator"):
+    with caplog.at_level(logging.WARNING, "idstore.hinted"):
         claim = node("b", hint=0).acquire()
     assert claim is not None and claim.slot == 1
     assert "is held by node a (127.0.0.1); taking a place in line" in caplog.text

@@ -62,7 +62,7 @@ def test_hint_held_by_another_falls_back_to_a_place_in_line_and_says_who(
     _, a = node("a", hint=0)
     assert (c := a.acquire()) is not None and c.slot == 0
     _, b = node("b", hint=0)
-    with caplog.at_level(logging.WARNING, "idstore.allocator"):
+    with caplog.at_level(logging.WARNING, "idstore.hinted"):
         claim = b.acquire()
     assert claim is not None and claim.slot == 1
     assert "preferred slot 0 of pool worker (worker0.tf.internal.) is held by node a" in caplog.text
