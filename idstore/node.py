@@ -319,7 +319,17 @@ class Node:
 def _needs_restart(running: Settings, new: Settings) -> list[str]:
     out = [
         key
-        for key in ("backend", "store", "pools", "pool", "node_id", "addresses", "http")
+        for key in (
+            "backend",
+            "store",
+            "pools",
+            "pool",
+            "node_id",
+            "addresses",
+            "http",
+            "prefer_slot",
+            "prefer",
+        )
         if getattr(running, key) != getattr(new, key)
     ]
     out += [f"dns.{k}" for k, v in vars(new.dns).items() if getattr(running.dns, k) != v]
