@@ -91,3 +91,10 @@ def test_json_holds_everything_env_knows() -> None:
         ("worker0.tf.internal", 20017),
         ("worker1.tf.internal", 20444),
     ]
+
+
+def test_interface_of_a_local_address_and_of_a_foreign_one() -> None:
+    from idstore.addresses import interface_of
+
+    assert interface_of(["127.0.0.1"]) == "lo"
+    assert interface_of(["192.0.2.77"]) is None  # TEST-NET: on no interface of this host
