@@ -24,9 +24,9 @@ import pytest
 
 from idstore import backends
 from idstore.allocator import Allocator
-from idstore.backends import zookeeper
 from idstore.backends.base import SlotRecord as Record
 from idstore.backends.base import SlotStore, StoreOptions
+from idstore.backends.zookeeper import queue as zk_queue
 from idstore.config import PoolSettings
 from idstore.pattern import Pattern
 
@@ -131,7 +131,7 @@ def test_zookeeper_new_pool_in_an_existing_tree(
     use of an ensemble), or when it fails on a component that exists (a new pool in an
     older cluster), the node learns which and makes what is missing: one more round
     trip. A tree maker sends the tree transactions ahead of its entry."""
-    monkeypatch.setattr(zookeeper, "TREE_MAKER_EVERY", 0)
+    monkeypatch.setattr(zk_queue, "TREE_MAKER_EVERY", 0)
     endpoints = tuple(zk_server.endpoints)  # type: ignore[attr-defined]
     fresh = StoreOptions(endpoints=endpoints, prefix=f"/tree{uuid.uuid4().hex[:8]}")
     store = backends.create("zookeeper", fresh)
@@ -149,7 +149,7 @@ def test_zookeeper_new_pool_in_an_existing_tree(
         # entry, names).
         assert requests_of(store) - sent == 2 + 3 + 3
         assert position.ticket is not None and position.ahead == 0
-        monkeypatch.setattr(zookeeper, "TREE_MAKER_EVERY", 1)
+        monkeypatch.setattr(zk_queue, "TREE_MAKER_EVERY", 1)
         sent = requests_of(store)
         store.enqueue("chief", slots, "node-a")  # a maker, a new pool in an old cluster
         # 2 transactions (both fail: the prefix, the cluster exist) + entry + names, then

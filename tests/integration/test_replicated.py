@@ -24,7 +24,8 @@ member's SIGKILL / SIGTERM returned (the process is gone):
   ``connected`` and the same slot ``held``;
 - ``renewal`` (the same nodes): until the first poll at which, in addition, the node's
   ``idstore_store_session_renewals_total`` exceeds its value read just before the fault
-  (etcd: a keepalive reply; ZooKeeper: a server packet on the re-validated session);
+  (etcd: a keepalive reply; ZooKeeper: a reply to idstore's own heartbeat on the
+  re-validated session);
 - ``view`` (per node): until the node's DNS answers a name the test claimed in the store
   right after the fault — its watch delivers a post-fault change again.
 

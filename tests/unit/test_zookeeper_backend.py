@@ -7,6 +7,7 @@ someone else, and come back CONNECTED under a new session once the server return
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 import time
@@ -17,7 +18,8 @@ import pytest
 
 from idstore.backends.base import ConnectionState, SlotRecord, StoreOptions
 from idstore.backends.zookeeper import LOST_AFTER, ZooKeeperStore, parse_endpoints
-from idstore.errors import ConfigError
+from idstore.backends.zookeeper.connection import tls_context
+from idstore.errors import ConfigError, StoreError
 from tests.harness.tls import make_pki
 from tests.harness.waiting import wait_for as wait_until
 from tests.harness.zk_server import ZooKeeperServer
@@ -89,21 +91,38 @@ def test_endpoints_become_a_connect_string_and_chroot() -> None:
 
 
 @pytest.mark.parametrize("ttl", [2.0, 3.0, 10.0, 60.0])
-def test_reconnect_backoff_stays_well_inside_the_session(ttl: float) -> None:
+def test_reconnect_backoff_stays_well_inside_the_session(
+    ttl: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression: kazoo's pause between reconnect passes grew to 1 s (x1.4 jitter), so
     after a leader's loss the ensemble was back within a 3 s session but a client on the
     killed leader slept past the moment the session is presumed lost, and went LOST."""
-    from idstore.backends.base import StoreOptions
+    from kazoo.retry import KazooRetry
 
-    client = ZooKeeperStore(StoreOptions(ttl=ttl))._new_client()
-    try:
-        retry = client._conn_retry
-        assert retry.max_tries == -1
-        assert retry.max_delay <= min(1.0, ttl / 10)
-        worst_pause = retry.max_delay * (1 + retry.max_jitter)
-        assert worst_pause < ttl * LOST_AFTER / 4
-    finally:
-        client.close()
+    from idstore.backends.base import StoreOptions
+    from idstore.backends.zookeeper import connection
+    from idstore.backends.zookeeper.session import SessionLog
+
+    built: dict[str, object] = {}
+
+    def client_spy(**kwargs: object) -> object:
+        built.update(kwargs)
+        return object()
+
+    # kazoo keeps the retry it was given private: see what the store hands it instead.
+    monkeypatch.setattr(connection, "KazooClient", client_spy)
+    options = StoreOptions(ttl=ttl)
+    handler = connection.Handler(None)
+    connection.new_client(
+        options, connection.parse_endpoints(options), handler, SessionLog(logging.getLogger()), None
+    )
+    retry = built["connection_retry"]
+    assert isinstance(retry, KazooRetry)
+    assert retry.max_tries == -1
+    assert retry.max_delay <= min(1.0, ttl / 10)
+    worst_pause = retry.max_delay * (1 + retry.max_jitter)
+    assert worst_pause < ttl * LOST_AFTER / 4
+    assert built["timeout"] == ttl and built["handler"] is handler
 
 
 def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
@@ -113,10 +132,12 @@ def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
     from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
     from idstore.backends.base import Listing, StoreOptions
-    from idstore.backends.zookeeper import _PoolWatch
+    from idstore.backends.zookeeper.watch import PoolWatch
 
     store = ZooKeeperStore(StoreOptions(ttl=TTL))
-    watch = _PoolWatch(store, Listing("worker", {}, 0), lambda evs: None, lambda why: None)
+    watch = PoolWatch(
+        store._wire, Listing("worker", {}, 0), lambda evs: None, lambda why: None, lambda w: None
+    )
     watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
 
 
@@ -132,7 +153,7 @@ def test_tls_trusts_only_the_configured_ca_and_checks_the_host_name(tmp_path: Pa
     store = tls_store(
         tls_ca=str(pki.ca), tls_cert=str(pki.client.cert), tls_key=str(pki.client.key)
     )
-    context = store._tls_context()
+    context = tls_context(store.options)
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     # kazoo's own context would add the system's CAs: here it is ours alone.
@@ -153,3 +174,130 @@ def test_a_bad_tls_setting_is_a_config_error_naming_the_key(tls: dict[str, str],
         store.open()  # before any connection attempt: not "store unreachable"
     assert key in str(err.value)
     store.close()
+
+
+# -- the session deadline, from what idstore observes through kazoo's public API ---------
+
+
+def test_the_deadline_is_finite_and_idle_heartbeats_move_it(zk: ZooKeeperServer) -> None:
+    store = ZooKeeperStore(zk.env().options(ttl=TTL, connect_timeout=10.0))
+    assert store.session_valid_until() == 0.0  # no session yet
+    store.open()
+    try:
+        first = store.session_valid_until()
+        # Never past what the granted timeout allows from now, never infinite.
+        assert time.monotonic() < first <= time.monotonic() + TTL * LOST_AFTER
+        renewals = store.renewals
+        sent = store.wire_requests
+        # Idle: only idstore's own heartbeats can move it.
+        wait_until(lambda: store.session_valid_until() > first + TTL / 2, 3 * TTL, "a heartbeat")
+        assert store.session_valid_until() <= time.monotonic() + TTL * LOST_AFTER
+        assert store.renewals > renewals
+        assert store.wire_requests == sent, "heartbeats are keepalives, not requests"
+    finally:
+        store.close()
+    assert store.session_valid_until() == 0.0
+
+
+def test_a_session_shorter_than_the_ttl_bounds_the_deadline(zk: ZooKeeperServer) -> None:
+    """The harness's server grants at most 60 s (maxSessionTimeout): a ttl of 90 s must
+    not be believed."""
+    ttl = 90.0
+    store = ZooKeeperStore(zk.env().options(ttl=ttl, connect_timeout=10.0))
+    store.open()
+    try:
+        assert store.session_valid_until() <= time.monotonic() + 60.0 * LOST_AFTER
+    finally:
+        store.close()
+
+
+def test_a_kazoo_that_does_not_report_the_granted_timeout_fails_open(
+    zk: ZooKeeperServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from idstore.backends.zookeeper.session import SessionLog
+
+    monkeypatch.setattr(SessionLog, "log", logging.LoggerAdapter.log)  # as if never logged
+    store = ZooKeeperStore(zk.env().options(ttl=TTL, connect_timeout=10.0))
+    with pytest.raises(StoreError) as err:
+        store.open()
+    assert "negotiated session timeout" in str(err.value)
+    assert store.state is ConnectionState.LOST and store.session_valid_until() == 0.0
+
+
+def test_close_without_release_leaves_the_session_to_expire(zk: ZooKeeperServer) -> None:
+    """A crash's close sends no closeSession: the claim outlives the client until the
+    server expires the session (then the slot is free)."""
+    options = zk.env().options(ttl=TTL, connect_timeout=10.0)
+    holder, observer = ZooKeeperStore(options), ZooKeeperStore(options)
+    holder.open()
+    observer.open()
+    try:
+        holder.claim("worker", 0, SlotRecord("n1", "boot1"))
+        holder.close(release=False)
+        assert 0 in observer.list("worker").claims
+        wait_until(lambda: 0 not in observer.list("worker").claims, 3 * TTL, "expiry")
+    finally:
+        holder.close()
+        observer.close()
+
+
+class _Request:
+    """A kazoo async result that the test answers (or never does)."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[object] = []
+        self.ok = True
+
+    def rawlink(self, callback: object) -> None:
+        self.callbacks.append(callback)
+
+    def successful(self) -> bool:
+        return self.ok
+
+    def answer(self, ok: bool = True) -> None:
+        self.ok = ok
+        for callback in self.callbacks:
+            callback(self)  # type: ignore[operator]
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.requests: list[_Request] = []
+
+    def exists_async(self, path: str) -> _Request:
+        assert path == "/"
+        self.requests.append(_Request())
+        return self.requests[-1]
+
+
+def test_heartbeats_prove_only_their_own_session_and_a_lost_one_holds_nothing_back() -> None:
+    """kazoo drops requests still queued when a session expires, unanswered: such a
+    heartbeat must not stop the next one. A late answer for an older session, or a
+    failed one, must not move the deadline."""
+    from idstore.backends.zookeeper.session import Session
+
+    store = ZooKeeperStore(StoreOptions(ttl=TTL))
+    session = Session(store, store._set_state, parse_endpoints(store.options), None, print)
+    client = _Client()
+    session.client, session.sid = client, 1  # type: ignore[assignment]
+    store._set_state(ConnectionState.CONNECTED)
+
+    session._heartbeat()
+    session._heartbeat()  # one at a time
+    assert len(client.requests) == 1
+    first_sent = session._heartbeat_out
+    assert first_sent is not None
+    session.sid = 2  # the session was replaced; the heartbeat of 1 is never answered
+    session._heartbeat()
+    assert len(client.requests) == 2
+
+    before = session.valid_until()
+    client.requests[0].answer()  # late, for session 1
+    client.requests[1].answer(ok=False)  # ConnectionLoss, say
+    assert session.valid_until() == before
+    assert store.renewals == 0
+    session._heartbeat()
+    client.requests[2].answer()
+    assert session.valid_until() > before and store.renewals == 1
+    # Never more than the timeout's share past the heartbeat's send time.
+    assert session.valid_until() <= time.monotonic() + TTL * LOST_AFTER

@@ -1,0 +1,355 @@
+"""Watching a pool: a children watch on the pool plus a data watch per slot.
+
+Two parts. ``PoolWatch`` is ZooKeeper's own: it chains requests from kazoo's threads
+and turns their results into ``_Result`` items. ``WatchDispatch`` is the scaffolding
+every backend's watch has (inbox queue, dispatch thread, batching, break-once, guarded
+callbacks, non-decreasing revisions); it is kept apart so that a dispatcher shared by
+every backend can replace it as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import EventType as ZkEventType
+from kazoo.protocol.states import WatchedEvent
+
+from idstore.backends.base import (
+    BrokenCallback,
+    Claim,
+    EventsCallback,
+    EventType,
+    Listing,
+    SlotEvent,
+)
+from idstore.backends.zookeeper.paths import claim_of, slot_of
+from idstore.backends.zookeeper.wire import Wire
+from idstore.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# Free slots read ahead with every re-listing of a pool (see PoolWatch._speculate).
+SPECULATIVE_READS = 4
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What kazoo's threads hand to a watch's thread."""
+
+    kind: str  # listing | slot | error | broken | stop
+    slots: frozenset[int] | set[int] = frozenset()
+    slot: int | None = None
+    claim: Claim | None = None
+    revision: int = 0
+    reason: str = ""
+    pending: dict[int, Any] = field(default_factory=dict)  # listing: reads of new slots
+
+
+class WatchDispatch:
+    """A watch's thread: takes results in the order they were queued, turns each burst
+    into one ordered delivery, and ends once (stop, break or error)."""
+
+    def __init__(
+        self,
+        name: str,
+        apply: Callable[[_Result], list[SlotEvent]],
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+        on_end: Callable[[], None],
+        revision: int,
+    ) -> None:
+        self._apply = apply
+        self._on_events = on_events
+        self._on_broken = on_broken
+        self._on_end = on_end  # the store forgets the watch
+        self._revision = revision
+        self._results: queue.Queue[_Result] = queue.Queue()
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: _Result) -> None:
+        self._results.put(item)
+
+    def stop(self) -> None:
+        self.done.set()
+        self._results.put(_Result("stop"))
+        self._on_end()
+
+    def _run(self) -> None:
+        while True:
+            # Block for one result, then take every queued one: one delivery for a burst.
+            batch = [self._results.get()]
+            while not self._results.empty():
+                batch.append(self._results.get_nowait())
+            events: list[SlotEvent] = []
+            for item in batch:
+                if item.kind == "stop":
+                    return
+                try:
+                    events.extend(self._apply(item))
+                except Exception as e:  # a read of the listing's slots failed
+                    item = _Result("error", reason=str(e) or repr(e))
+                if item.kind in ("broken", "error"):
+                    self._deliver(events)
+                    self._break(item.reason)
+                    return
+            self._deliver(events)
+
+    def _break(self, reason: str) -> None:
+        if self.done.is_set():
+            return
+        self.done.set()
+        self._on_end()
+        try:
+            self._on_broken(reason)
+        except Exception:
+            log.exception("watch on_broken callback failed")
+
+    def _deliver(self, events: list[SlotEvent]) -> None:
+        if not events or self.done.is_set():
+            return
+        events.sort(key=lambda e: e.revision)
+        ordered = []
+        for e in events:
+            # A slot read after a listing can be newer than a later-delivered one:
+            # keep revisions non-decreasing.
+            self._revision = max(self._revision, e.revision)
+            ordered.append(e if e.revision == self._revision else _with_revision(e, self._revision))
+        try:
+            self._on_events(ordered)
+        except Exception:
+            log.exception("watch on_events callback failed")
+
+
+def _with_revision(event: SlotEvent, revision: int) -> SlotEvent:
+    return SlotEvent(event.type, event.pool, event.slot, event.claim, revision)
+
+
+class PoolWatch:
+    """One pool's watch.
+
+    ZooKeeper keeps no history, so a slot created and deleted before we read it is never
+    seen; to make that window as short as possible, requests are chained from kazoo's
+    own threads without a detour: a fired watch at once re-reads (re-arming itself), and
+    a listing at once fetches the slots it has not seen. Responses arrive on kazoo's
+    single completion thread in the order the server processed the requests; that thread
+    only queues them, and the dispatch thread turns them, in that order, into events.
+    """
+
+    def __init__(
+        self,
+        wire: Wire,
+        since: Listing,
+        on_events: EventsCallback,
+        on_broken: BrokenCallback,
+        forget: Callable[[PoolWatch], None],
+    ) -> None:
+        self._wire = wire
+        self.pool = since.pool
+        self._path = wire.paths.pool(since.pool)
+        self._known: dict[int, Claim] = dict(since.claims)  # as delivered (watch thread)
+        self._tracked: set[int] = set()  # slots fetched with a data watch (kazoo threads)
+        self._tracked_lock = threading.Lock()
+        self._dispatch = WatchDispatch(
+            f"zkwatch-{self.pool}",
+            self._apply,
+            on_events,
+            on_broken,
+            lambda: forget(self),
+            since.revision,
+        )
+
+    def start(self) -> None:
+        """Arm the children watch before returning, so that no change made after
+        ``watch()`` returns can slip by unseen; the listing is then processed and
+        delivered on the dispatch thread."""
+        self._prepare_pool()
+        first = self._request_listing()
+        self._dispatch.start()
+        if first is not None:
+            with contextlib.suppress(Exception):  # its callback reports any failure
+                first.get(timeout=self._wire.options.request_timeout)
+
+    def cancel(self) -> None:
+        self._dispatch.stop()
+
+    def broken(self, reason: str) -> None:
+        self._dispatch.put(_Result("broken", reason=reason))
+
+    # -- kazoo's threads: never block ------------------------------------------------
+
+    def _client(self) -> KazooClient | None:
+        return None if self._dispatch.done.is_set() else self._wire.client()
+
+    def _request_listing(self) -> Any:
+        client = self._client()
+        if client is None:
+            return None
+        self._wire.send()
+        req = client.get_children_async(self._path, watch=self._on_children, include_data=True)
+        req.rawlink(self._on_listing)
+        return req
+
+    def _on_children(self, event: WatchedEvent) -> None:
+        # NONE: the connection was reset; the store tells every watch when it is back.
+        if event.type != ZkEventType.NONE:
+            self._speculate()
+            self._request_listing()
+
+    def _speculate(self) -> None:
+        """Read the lowest free slots along with the listing, in the same round trip.
+
+        Slots are dense, so a new claim is almost always one of the lowest free ones;
+        reading them at once, rather than after the listing names them, halves the
+        time in which a short-lived claim can come and go unseen.
+        """
+        with self._tracked_lock:
+            tracked = set(self._tracked)
+        free = (s for s in itertools.count() if s not in tracked)
+        for slot in itertools.islice(free, SPECULATIVE_READS):
+            self._request_slot(slot)
+
+    def _on_data(self, event: WatchedEvent) -> None:
+        # NONE (connection reset) carries no path: the store re-syncs every watch then.
+        if event.type == ZkEventType.NONE or not event.path:
+            return
+        slot = slot_of(event.path.rsplit("/", 1)[-1])
+        if slot is not None:
+            self._request_slot(slot)
+
+    def _request_slot(self, slot: int, *, deliver: bool = True) -> Any:
+        """Read a slot, arming its data watch; ``deliver``: queue the result when it
+        comes (otherwise the caller hands the request to the watch thread itself)."""
+        client = self._client()
+        if client is None:
+            return None
+        self._wire.send()
+        req = client.get_async(self._wire.paths.slot(self.pool, slot), watch=self._on_data)
+        req.rawlink(lambda result: self._on_slot(slot, result, deliver))
+        return req
+
+    def _on_listing(self, result: Any) -> None:
+        try:
+            children, stat = result.get_nowait()
+        except NoNodeError:
+            self._await_pool()
+            return
+        except Exception as e:
+            self._dispatch.put(_Result("error", reason=f"listing {self.pool} failed: {e!r}"))
+            return
+        slots = {s for s in (slot_of(n) for n in children) if s is not None}
+        with self._tracked_lock:
+            new = sorted(slots - self._tracked)
+            self._tracked = slots
+        # The listing travels with the reads of its new slots, so the watch thread
+        # delivers its deletions and creations together, in zxid order.
+        pending = {slot: self._request_slot(slot, deliver=False) for slot in new}
+        self._dispatch.put(
+            _Result("listing", slots=slots, revision=int(stat.pzxid), pending=pending)
+        )
+
+    def _await_pool(self) -> None:
+        """No pool znode yet: an exists watch fires when it is created."""
+        client = self._client()
+        if client is None:
+            return
+        self._wire.send()
+        req = client.exists_async(self._path, watch=self._on_children)
+
+        def exists(result: Any) -> None:
+            try:
+                if result.get_nowait() is not None:
+                    self._request_listing()  # created in between
+            except Exception as e:
+                self._dispatch.put(_Result("error", reason=f"watching {self.pool}: {e!r}"))
+
+        req.rawlink(exists)
+
+    def _on_slot(self, slot: int, result: Any, deliver: bool) -> None:
+        try:
+            item = self._slot_result(slot, result)
+        except NoNodeError:
+            # Gone before we could read it (a listing reports the delete); a new znode
+            # there must be fetched again. Done here, in the server's order.
+            with self._tracked_lock:
+                self._tracked.discard(slot)
+            return
+        except Exception as e:
+            item = _Result("error", reason=f"reading {self.pool}/{slot}: {e!r}")
+        if isinstance(item, _Result) and item.kind == "slot":
+            with self._tracked_lock:
+                self._tracked.add(slot)  # it has a data watch now
+        if deliver and item is not None:
+            self._dispatch.put(item)
+
+    def _slot_result(self, slot: int, result: Any) -> _Result | None:
+        data, stat = result.get(timeout=self._wire.options.request_timeout)
+        try:
+            claim = claim_of(self.pool, slot, data, stat)
+        except StoreError:
+            log.warning("ignoring unreadable slot %s/%s: %r", self.pool, slot, data[:80])
+            return None
+        revision = max(int(stat.czxid), int(stat.mzxid))
+        return _Result("slot", slot=slot, claim=claim, revision=revision)
+
+    # -- the dispatch thread ---------------------------------------------------------
+
+    def _prepare_pool(self) -> None:
+        """Create the pool znode if we may, so the children watch is armed before the
+        first claim (an exists watch would add a round trip to every early event)."""
+        client = self._client()
+        if client is None:
+            return
+        try:
+            with self._wire.translated(f"watch {self.pool}"):
+                self._wire.ensure_pool(client, self.pool)
+        except StoreError as e:
+            log.debug("watch %s: pool not created (%s); waiting for it", self.pool, e)
+
+    def _apply(self, item: _Result) -> list[SlotEvent]:
+        try:
+            return self._events_of(item)
+        except Exception as e:
+            raise StoreError(f"reading {self.pool}: {e!r}") from e
+
+    def _events_of(self, item: _Result) -> list[SlotEvent]:
+        if item.kind == "listing":
+            # Absent from a listing newer than what we delivered: deleted.
+            gone = [
+                s
+                for s, c in self._known.items()
+                if s not in item.slots and c.version <= item.revision
+            ]
+            for slot in gone:
+                del self._known[slot]
+            events = [SlotEvent(EventType.DELETE, self.pool, s, None, item.revision) for s in gone]
+            for slot, req in item.pending.items():
+                try:
+                    read = self._slot_result(slot, req) if req is not None else None
+                except NoNodeError:
+                    continue  # created and deleted before we could read it
+                if read is not None:
+                    events.extend(self._events_of(read))
+            return events
+        if item.kind != "slot":
+            return []
+        claim = item.claim
+        if claim is None or item.slot is None:
+            return []
+        held = self._known.get(item.slot)
+        if held == claim or (held is not None and held.version > claim.version):
+            return []
+        self._known[item.slot] = claim
+        return [SlotEvent(EventType.PUT, self.pool, item.slot, claim, item.revision)]
