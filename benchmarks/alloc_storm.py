@@ -20,7 +20,8 @@ Prints one JSON line per algorithm with ``backend``, ``algorithm``, ``nodes``,
 ``wall_s``, ``store_ops_total``, ``ops_per_node_mean``, ``ops_per_node_max``,
 ``duplicates``, ``dense`` (and extras), then one with ``speedup`` = idetcd wall /
 idstore wall. Store operations are every request a node sends, keepalives/pings
-excluded: ``SlotStore.ops`` on etcd, ``ZooKeeperStore.wire_requests`` on ZooKeeper.
+excluded: ``SlotStore.wire_requests`` on every backend (``ops`` counts idstore
+operations, which on ZooKeeper can hide several requests).
 
 Without ``--endpoints`` it starts its own store with the test harness (run it from the
 repository root). The baseline is O(N^2) requests (~200 s for 1000 nodes): past
@@ -262,8 +263,8 @@ def options_for(endpoints: Sequence[str], cluster: str) -> StoreOptions:
 
 
 def requests_of(store: SlotStore) -> int:
-    """Every request the node sent: ZooKeeper's idstore ops can hide several requests."""
-    return int(getattr(store, "wire_requests", store.ops))
+    """Every request the node sent: an idstore operation can take several requests."""
+    return store.wire_requests
 
 
 class IdstoreSimulation(Simulation):
@@ -402,37 +403,38 @@ class EtcdProbe(Probe):
     def __init__(self, endpoint: str, prefix: str, atomic: bool = False) -> None:
         import grpc
 
-        from idstore.backends.etcd import parse_endpoint, rpc
+        from idstore.backends.etcd.api import load
+        from idstore.backends.etcd.connection import parse_endpoint
 
         super().__init__()
-        self._rpc = rpc
         self._channel = grpc.insecure_channel(parse_endpoint(endpoint).target)
-        self._kv = rpc.KVStub(self._channel)
-        self._lease = rpc.LeaseStub(self._channel)
+        self._kv: Any = load().kv(self._channel)  # Any: also KV.Put, which idstore never sends
+        self._lease = load().lease(self._channel)
         self._prefix = prefix
         self._atomic = atomic
 
     def missing(self, slot: int) -> bool:
+        from idstore.backends.etcd.requests import range_request
+
         self.ops += 1
-        resp = self._kv.Range(self._rpc.RangeRequest(key=self._key(slot)), timeout=30)
+        resp = self._kv.Range(range_request(self._key(slot)), timeout=30, metadata=None)
         return not resp.kvs
 
     def take(self, slot: int) -> bool:
+        from idstore.backends.etcd.requests import created_at, lease_grant, put_op, txn
+
         # idetcd: Grant(20 s) + Put, no compare: a concurrent winner is overwritten.
         self.ops += 2
-        lease = self._lease.LeaseGrant(self._rpc.LeaseGrantRequest(TTL=20), timeout=30)
-        put = self._rpc.PutRequest(key=self._key(slot), value=b"{}", lease=lease.ID)
+        lease = self._lease.LeaseGrant(lease_grant(20), timeout=30, metadata=None)
+        key = self._key(slot)
         if not self._atomic:
+            put = put_op(key, b"{}", lease.ID).request_put  # a plain Put, as idetcd sends
             self._kv.Put(put, timeout=30)
             return True
         # --baseline-atomic: the same probe order, but a put-if-absent (what idstore
         # requires of any algorithm), so a lost race probes on instead of overwriting.
-        rpc = self._rpc
-        absent = rpc.Compare(
-            key=put.key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
-        )
-        txn = rpc.TxnRequest(compare=[absent], success=[rpc.RequestOp(request_put=put)])
-        return bool(self._kv.Txn(txn, timeout=30).succeeded)
+        request = txn(compare=[created_at(key, 0)], success=[put_op(key, b"{}", lease.ID)])
+        return bool(self._kv.Txn(request, timeout=30, metadata=None).succeeded)
 
     def _key(self, slot: int) -> bytes:
         return f"{self._prefix}/{slot}".encode()

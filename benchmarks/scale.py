@@ -225,7 +225,7 @@ def boot(backend: str, endpoints: Sequence[str], n: int, concurrency: int, watch
         if not mirror.wait_synced(30):
             raise RuntimeError("a watcher did not sync")
         mirrors.append(mirror)
-    watcher_ops = sum(m.store.ops for m in mirrors)
+    watcher_ops = sum(m.store.wire_requests for m in mirrors)
 
     def node(i: int) -> tuple[Any, int, int]:
         store = backends.create(backend, options)
@@ -239,7 +239,7 @@ def boot(backend: str, endpoints: Sequence[str], n: int, concurrency: int, watch
                 break
         if claim is None:
             raise RuntimeError(f"node {i} got no slot")
-        return store, store.ops, alloc.claim_attempts
+        return store, store.wire_requests, alloc.claim_attempts
 
     stores: list[Any] = []
     start = time.monotonic()

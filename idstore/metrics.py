@@ -229,7 +229,7 @@ def _store_families(report: NodeReport) -> list[Family]:
         state,
         changes,
         Family(
-            "idstore_store_operations_total", "counter", "Requests sent to the store (no renewals)."
+            "idstore_store_operations_total", "counter", "SlotStore operations (claim, list ...)."
         ).add(report.store_ops, backend),
         Family("idstore_mirror_resyncs_total", "counter", "Full re-lists of the pools.").add(
             report.mirror_resyncs

@@ -43,6 +43,7 @@ RELOADABLE_DNS = (
     "forward",
     "forward_timeout",
     "log_queries",
+    "transfer_allow",
 )
 
 log = logging.getLogger(__name__)

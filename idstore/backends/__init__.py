@@ -32,7 +32,7 @@ def backend_class(name: str) -> type[SlotStore]:
             NAMESPACE, name, invoke_on_load=False
         )
     except IdstoreError:
-        raise  # e.g. the etcd backend's own clear message about protobuf
+        raise  # a backend's own clear message (IdstoreError) passes unchanged
     except Exception as e:  # stevedore wraps import failures in many shapes
         raise BackendNotFound(f"backend {name!r} is installed but cannot be loaded: {e}") from e
     cls = mgr.driver

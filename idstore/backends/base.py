@@ -30,17 +30,66 @@ from __future__ import annotations
 
 import abc
 import enum
-import json
+import functools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from idstore.errors import StoreError
+from idstore.backends.records import (
+    Claim,
+    EventType,
+    Listing,
+    Position,
+    SlotEvent,
+    SlotRecord,
+    Ticket,
+    position_of,
+)
+
+__all__ = [
+    "MIN_TTL",
+    "OPERATIONS",
+    "BrokenCallback",
+    "Claim",
+    "ConnectionState",
+    "EventType",
+    "EventsCallback",
+    "Listing",
+    "Position",
+    "SlotEvent",
+    "SlotRecord",
+    "SlotStore",
+    "StateListener",
+    "StoreOptions",
+    "Ticket",
+    "WatchHandle",
+    "position_of",
+]
 
 log = logging.getLogger(__name__)
+
+# The shortest session idstore accepts, on every store: renewals go out every ttl/3, and
+# a shorter lease lapses on any pause of a busy host; etcd itself grants nothing under
+# 1.5 s with its default election settings.
+MIN_TTL = 2.0
+
+#: The SlotStore calls ``ops`` counts, one per call (see SlotStore.ops).
+OPERATIONS = (
+    "open",
+    "claim",
+    "reclaim",
+    "release",
+    "list",
+    "enqueue",
+    "position",
+    "dequeue",
+    "watch",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ConnectionState(enum.Enum):
@@ -77,140 +126,6 @@ class StoreOptions:
         return f"{self.pool_path(pool)}/{slot}"
 
 
-@dataclass(frozen=True)
-class SlotRecord:
-    """What a claim says about its holder; stored as JSON in the slot's key."""
-
-    node_id: str
-    nonce: str  # new on every boot: tells a restarted node from its previous life
-    addresses: tuple[str, ...] = ()
-    ports: Mapping[str, int] = field(default_factory=dict)
-    claimed_at: float = 0.0  # wall clock, informational only: never used for timing
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "node_id": self.node_id,
-                "nonce": self.nonce,
-                "addresses": list(self.addresses),
-                "ports": dict(self.ports),
-                "claimed_at": self.claimed_at,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> SlotRecord:
-        """Parse a stored record; a value idstore did not write raises StoreError."""
-        try:
-            obj = json.loads(data)
-            return cls(
-                node_id=str(obj["node_id"]),
-                nonce=str(obj["nonce"]),
-                addresses=tuple(str(a) for a in obj.get("addresses", ())),
-                ports={str(k): int(v) for k, v in dict(obj.get("ports", {})).items()},
-                claimed_at=float(obj.get("claimed_at", 0.0)),
-            )
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise StoreError(f"unreadable slot record {data[:80]!r}") from e
-
-    def same_boot(self, other: SlotRecord) -> bool:
-        return self.node_id == other.node_id and self.nonce == other.nonce
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A slot as the store holds it."""
-
-    pool: str
-    slot: int
-    record: SlotRecord
-    # The store's fencing token for this claim (etcd mod_revision, ZooKeeper czxid):
-    # it changes on every claim and re-claim, so a compare on it detects any takeover.
-    version: int
-    # The session the claim lives under (etcd lease id, ZooKeeper ephemeralOwner).
-    session: str
-
-
-@dataclass(frozen=True)
-class Listing:
-    """Every claim of a pool, as of the store revision ``revision``."""
-
-    pool: str
-    claims: Mapping[int, Claim]
-    revision: int
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """A node's place in a pool's waiting queue (see ``SlotStore.enqueue``).
-
-    The entry lives under the session that made it, so a node that dies while waiting
-    leaves the queue with its session, as its claims would.
-    """
-
-    pool: str
-    # Assigned by the store, increasing in arrival order: the etcd create_revision of the
-    # entry, the ZooKeeper sequence number. Nodes are served in this order.
-    order: int
-    key: str  # the backend's name for the entry (key, znode path)
-    session: str  # the session the entry lives under
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a node stands, all read at one store revision: what the herd algorithm needs.
-
-    Counts cover only the slots of ``slots`` (the pool's configured range). The slots
-    above ``highest`` are all free, so a node ``ahead`` places back in line can compute
-    its slot from the counts alone unless it must fill a hole below ``highest``; only
-    then does it need ``free_below``, which a store fills when it was cheap to read or
-    when asked with ``exact=True``.
-    """
-
-    pool: str
-    slots: range
-    ticket: Ticket | None  # None: not waiting in the queue (see SlotStore.enqueue)
-    ahead: int  # waiting nodes served before this one
-    taken: int  # claims within ``slots``
-    highest: int | None  # the highest claimed slot within ``slots``; None when none is
-    free_below: tuple[int, ...] | None  # free slots below ``highest``, ascending, if read
-    own: tuple[Claim, ...]  # claims in ``slots`` by the asking node identity (sticky restart)
-    revision: int
-
-
-def position_of(
-    pool: str,
-    slots: range,
-    ticket: Ticket | None,
-    ahead: int,
-    taken: Iterable[int],
-    revision: int,
-    own: tuple[Claim, ...] = (),
-) -> Position:
-    """A Position from the set of taken slots (stores that read them all anyway)."""
-    used = {s for s in taken if s in slots}
-    highest = max(used) if used else slots.start - 1
-    free = tuple(s for s in range(slots.start, highest) if s not in used)
-    top = highest if used else None
-    return Position(pool, slots, ticket, ahead, len(used), top, free, own, revision)
-
-
-class EventType(enum.Enum):
-    PUT = "put"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class SlotEvent:
-    type: EventType
-    pool: str
-    slot: int
-    claim: Claim | None  # None for DELETE
-    revision: int
-
-
 EventsCallback = Callable[[Sequence[SlotEvent]], None]
 # Called when events may have been missed (compaction, stream error, reconnect): the
 # watcher must re-list the pool and watch again from the listing's revision.
@@ -220,6 +135,22 @@ StateListener = Callable[[ConnectionState], None]
 
 class WatchHandle(Protocol):
     def cancel(self) -> None: ...
+
+
+def _counted(method: F) -> F:
+    """``method`` counting one operation in ``ops`` per outermost call."""
+
+    @functools.wraps(method)
+    def run(self: SlotStore, *args: Any, **kwargs: Any) -> Any:
+        outer = self._operation_started()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if outer:
+                self._operation_ended()
+
+    run._counted = True  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
 
 
 class SlotStore(abc.ABC):
@@ -234,7 +165,9 @@ class SlotStore(abc.ABC):
         self._listeners: list[StateListener] = []
         self._listener_lock = threading.Lock()
         self._ops = 0
-        self._ops_lock = threading.Lock()
+        self._wire = 0
+        self._count_lock = threading.Lock()
+        self._in_operation = threading.local()  # see _counted: nested calls count once
         # Session liveness, for metrics: renewals the store acknowledged (etcd keepalive
         # replies, ZooKeeper server packets) and renewals that failed (a failed keepalive,
         # a ZooKeeper connection suspended). Written by the backend's own thread only.
@@ -300,6 +233,7 @@ class SlotStore(abc.ABC):
     # A store without a queue keeps these defaults: every node is first in line and
     # reads the whole pool, which is correct but costs O(pool) per node.
 
+    @_counted
     def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
         """Join ``pool``'s waiting queue under the current session; where we then stand.
 
@@ -312,6 +246,7 @@ class SlotStore(abc.ABC):
         """
         return self._listed_position(pool, slots, node_id)
 
+    @_counted
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
         """Where ``ticket`` stands now; ``exact`` asks for ``free_below`` whatever it costs.
 
@@ -319,6 +254,7 @@ class SlotStore(abc.ABC):
         """
         return self._listed_position(ticket.pool, slots, node_id)
 
+    @_counted
     def dequeue(self, ticket: Ticket) -> None:
         """Leave the queue without claiming (stop, or a node that took its slot back)."""
         return None  # a store without a queue has nothing to leave
@@ -392,15 +328,47 @@ class SlotStore(abc.ABC):
 
     @property
     def ops(self) -> int:
-        """idstore operations sent to the store so far (keepalives excluded).
+        """idstore operations so far: one per call of a SlotStore operation (OPERATIONS:
+        open, claim, reclaim, release, list, enqueue, position, dequeue, watch), however
+        many requests it took, and whether or not it succeeded. Renewals are not counted.
 
-        A backend whose operation costs several wire requests (ZooKeeper's list: one
-        get_children plus one get per slot) also exposes ``wire_requests``."""
+        Counted here, for every backend alike: a backend's methods of those names are
+        wrapped when its class is defined (__init_subclass__), and an operation that calls
+        another (etcd's enqueue reading its place) counts once."""
         return self._ops
 
-    def _count(self, n: int = 1) -> None:
-        with self._ops_lock:
-            self._ops += n
+    @property
+    def wire_requests(self) -> int:
+        """Requests sent to the store so far, every attempt and retry (keepalives and
+        pings excluded): what an operation cost on the wire (a ZooKeeper list of N slots
+        is 1 + N requests, an etcd claim retried on another member 2). The backend counts
+        them with ``_sent`` as it sends them."""
+        return self._wire
+
+    def _sent(self, n: int = 1) -> None:
+        """Backends call this once per request they send (not for keepalives)."""
+        with self._count_lock:
+            self._wire += n
+
+    def _operation_started(self) -> bool:
+        """Count an operation unless one is already running on this thread; whether this
+        call is the outermost one (and must call _operation_ended)."""
+        if getattr(self._in_operation, "active", False):
+            return False
+        self._in_operation.active = True
+        with self._count_lock:
+            self._ops += 1
+        return True
+
+    def _operation_ended(self) -> None:
+        self._in_operation.active = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in OPERATIONS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_counted", False):
+                setattr(cls, name, _counted(method))
 
     def __enter__(self) -> SlotStore:
         self.open()

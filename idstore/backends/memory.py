@@ -6,13 +6,15 @@ the real stores: atomic claim-if-free, claims bound to a session, ordered watche
 revisions. Sessions never lapse while their store is open (there is no network to fail);
 a store closed with ``release=False`` leaves its session to expire after the TTL, as a
 crashed node's would.
+
+Each operation is one call into the server, counted as one request in
+``wire_requests``, so tests of request counts read the same on every backend.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -36,7 +38,9 @@ from idstore.backends.base import (
     Ticket,
     position_of,
 )
-from idstore.errors import NotOwner, SessionLost, SlotTaken, StoreUnavailable
+from idstore.backends.dispatch import DispatchedWatch, WatchRegistry
+from idstore.backends.records import check_reclaim, own_or_taken
+from idstore.errors import SessionLost, SlotTaken, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +54,12 @@ class _Session:
     deadline: float | None = None  # monotonic; None while its store keeps it alive
 
 
-class _Watch:
-    """Delivers a pool's events on its own thread, so callbacks never run under the lock."""
+class _Watch(DispatchedWatch[Sequence[SlotEvent]]):
+    """A pool's watch: the server posts each change, the shared dispatcher delivers it
+    on the watch's own thread, so callbacks never run under the server's lock."""
 
-    def __init__(self, server: MemoryServer, pool: str, on_events: EventsCallback) -> None:
-        self.server = server
-        self.pool = pool
-        self._on_events = on_events
-        self._queue: queue.Queue[Sequence[SlotEvent] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"memwatch-{pool}", daemon=True)
-        self._thread.start()
-
-    def push(self, events: Sequence[SlotEvent]) -> None:
-        self._queue.put(events)
-
-    def cancel(self) -> None:
-        self.server._unwatch(self)
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while (events := self._queue.get()) is not None:
-            try:
-                self._on_events(events)
-            except Exception:
-                log.exception("watch callback failed")
+    def _translate(self, item: Sequence[SlotEvent]) -> Sequence[SlotEvent]:
+        return item
 
 
 class MemoryServer:
@@ -94,7 +80,7 @@ class MemoryServer:
         self.revision = 1
         self.slots: dict[tuple[str, int], Claim] = {}
         self.sessions: dict[str, _Session] = {}
-        self.watches: list[_Watch] = []
+        self.watches = WatchRegistry()  # every store's watches of this server
         self.history: deque[SlotEvent] = deque(maxlen=_HISTORY)
         # Waiting queues: pool -> session -> ticket; an entry leaves with its session.
         self.queues: dict[str, dict[str, Ticket]] = {}
@@ -172,14 +158,9 @@ class MemoryServer:
 
     def _notify(self, event: SlotEvent) -> None:
         self.history.append(event)
-        for w in self.watches:
+        for w in self.watches.snapshot():
             if w.pool == event.pool:
-                w.push([event])
-
-    def _unwatch(self, w: _Watch) -> None:
-        with self.lock:
-            if w in self.watches:
-                self.watches.remove(w)
+                w.post([event])
 
     def _reap_forever(self) -> None:
         while True:
@@ -203,7 +184,7 @@ class MemoryStore(SlotStore):
         self._sid: str | None = None
 
     def open(self) -> None:
-        self._count()
+        self._sent()
         self._sid = self._server.new_session()
         self._set_state(ConnectionState.CONNECTED)
 
@@ -236,21 +217,19 @@ class MemoryStore(SlotStore):
     def claim(
         self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
     ) -> Claim:
-        self._count()
+        self._sent()
         sid = self._live_sid()
         with self._server.lock:
             held = self._server.slots.get((pool, slot))
             if held is not None:
-                if held.session == sid and held.record.same_boot(record):
-                    return held
-                raise SlotTaken(pool, slot, held)
+                return own_or_taken(pool, slot, held, sid, record)
             claim = self._server.put(pool, slot, record, sid)
             if ticket is not None:  # under the same lock: one atomic step
                 self._server.dequeue(ticket)
             return claim
 
     def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
-        self._count()
+        self._sent()
         sid = self._live_sid()
         with self._server.lock:
             if sticky:
@@ -261,17 +240,16 @@ class MemoryStore(SlotStore):
             return self._server.position(ticket, pool, slots, node_id)
 
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
-        self._count()
+        self._sent()
         return self._server.position(ticket, ticket.pool, slots, node_id)
 
     def dequeue(self, ticket: Ticket) -> None:
-        self._count()
+        self._sent()
         self._server.dequeue(ticket)
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
-        self._count()
-        if previous.record.node_id != record.node_id:
-            raise NotOwner(f"slot {previous.pool}/{previous.slot} belongs to another node")
+        check_reclaim(previous, record)  # refused here, before any request
+        self._sent()
         sid = self._live_sid()
         with self._server.lock:
             held = self._server.slots.get((previous.pool, previous.slot))
@@ -280,7 +258,7 @@ class MemoryStore(SlotStore):
             return self._server.put(previous.pool, previous.slot, record, sid)
 
     def release(self, claim: Claim) -> bool:
-        self._count()
+        self._sent()
         with self._server.lock:
             held = self._server.slots.get((claim.pool, claim.slot))
             if held is None or held.version != claim.version:
@@ -289,7 +267,7 @@ class MemoryStore(SlotStore):
             return True
 
     def list(self, pool: str) -> Listing:
-        self._count()
+        self._sent()
         with self._server.lock:
             claims = {s: c for (p, s), c in self._server.slots.items() if p == pool}
             return Listing(pool, claims, self._server.revision)
@@ -300,20 +278,22 @@ class MemoryStore(SlotStore):
         on_events: EventsCallback,
         on_broken: BrokenCallback,
     ) -> _Watch:
-        self._count()
         pool, start_revision = since.pool, since.revision
         server = self._server
+        self._sent()
         with server.lock:
-            w = _Watch(server, pool, on_events)
+            w = _Watch(pool, on_events, on_broken, server.watches, f"memwatch-{pool}")
             oldest = server.history[0].revision if server.history else server.revision + 1
             if start_revision < server.revision and oldest > start_revision + 1:
                 # Like a compacted etcd revision: the changes since cannot be replayed.
-                on_broken(f"revision {start_revision} is compacted (oldest kept: {oldest})")
-                return w
-            missed = [e for e in server.history if e.revision > start_revision and e.pool == pool]
-            if missed:
-                w.push(missed)
-            server.watches.append(w)
+                w.post_broken(f"revision {start_revision} is compacted (oldest kept: {oldest})")
+            else:
+                missed = [
+                    e for e in server.history if e.revision > start_revision and e.pool == pool
+                ]
+                if missed:
+                    w.post(missed)
+            w.start_dispatch()  # registered under the lock: no change slips between
             return w
 
 

@@ -11,10 +11,11 @@ the value and what is allowed.
 - values.py: checks of single values (numbers, lists, HOST:PORT).
 """
 
+from idstore.backends.base import MIN_TTL
 from idstore.config.build import default_node_id, pool_name_from_pattern
 from idstore.config.dns import MAX_UDP, DnsSettings
 from idstore.config.loading import ENV_VARS, env_overrides, load, read_file
-from idstore.config.schema import DEFAULT_PATTERN, MIN_TTL, PoolSettings, Settings
+from idstore.config.schema import DEFAULT_PATTERN, PoolSettings, Settings
 from idstore.config.values import parse_hostport
 
 __all__ = [

@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from idstore.backends.base import StoreOptions
+from idstore.backends.base import MIN_TTL, StoreOptions
 from idstore.config.dns import dns_settings
 from idstore.config.hints import prefer_mode, prefer_slot
 from idstore.config.ports import pool_ports
 from idstore.config.schema import (
     DEFAULT_PATTERN,
-    MIN_TTL,
     POOL_KEYS,
     STORE_KEYS,
     TOP_KEYS,

@@ -7,6 +7,7 @@ name in DNS_KEYS and its check in dns_settings().
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ class DnsSettings:
     tcp_max_connections: int = 256
     rrl_per_second: int = 0  # responses per second per client /24 (/56); 0 = off
     log_queries: bool = False
+    transfer_allow: tuple[str, ...] = ()  # networks allowed AXFR over TCP; none by default
 
 
 DNS_KEYS = {
@@ -52,6 +54,7 @@ DNS_KEYS = {
     "tcp_max_connections",
     "rrl_per_second",
     "log_queries",
+    "transfer_allow",
 }
 
 
@@ -104,4 +107,16 @@ def dns_settings(table: Any, pools: Sequence[PoolSettings]) -> DnsSettings:
         ),
         rrl_per_second=as_int(table.get("rrl_per_second", 0), "dns.rrl_per_second", 0),
         log_queries=bool(table.get("log_queries", False)),
+        transfer_allow=_networks(table.get("transfer_allow", []), "dns.transfer_allow"),
     )
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    """Networks (``10.0.0.0/8``, ``fd00::/8``, or one address) in canonical form."""
+    out = []
+    for text in str_list(value, key):
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as e:
+            raise ConfigError(key, text, f"not an IP network: {e}") from None
+    return tuple(out)

@@ -21,7 +21,6 @@ from idstore.pattern import Pattern
 DEFAULT_PATTERN = "node{{.ID}}.idstore.internal."
 # The name under which the previous release published a pool's one port in its claims.
 LEGACY_PORT_NAME = "app"
-MIN_TTL = 2.0  # below this a lease/session can lapse between two keepalives on a busy host
 
 
 @dataclass(frozen=True)

@@ -404,15 +404,15 @@ def test_etcd_auth_store_survives_idling_past_the_token_lifetime(auth_etcd: Etcd
 
     try:
         watch = store.watch(store.list("worker"), on_events, broken.append)
-        token = store._current().metadata  # type: ignore[attr-defined]
+        token = store._transport.current().metadata  # type: ignore[attr-defined]
         lease = store.session_id
         time.sleep(IDLE)
         # The token idstore got at the start is dead by now (nothing used it) ...
-        from idstore.backends.etcd import rpc
+        from idstore.backends.etcd.requests import range_request
 
         with pytest.raises(grpc.RpcError) as err:
-            store._current().kv.Range(  # type: ignore[attr-defined]
-                rpc.RangeRequest(key=b"/idstore/"), timeout=2, metadata=token
+            store._transport.current().kv.Range(  # type: ignore[attr-defined]
+                range_request(b"/idstore/"), timeout=2, metadata=token
             )
         assert "invalid auth token" in (err.value.details() or "")
         # ... yet the session was renewed throughout, the watch lives, and writes work.

@@ -43,7 +43,7 @@ class Booted:
 
 
 def requests_of(store: SlotStore) -> int:
-    return int(getattr(store, "wire_requests", store.ops))
+    return store.wire_requests
 
 
 def storm(backend: str, endpoints: Sequence[str], cluster: str = "") -> list[Booted]:

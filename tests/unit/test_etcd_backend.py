@@ -20,7 +20,10 @@ from idstore.backends.base import (
     SlotRecord,
     StoreOptions,
 )
-from idstore.backends.etcd import EtcdStore, parse_endpoint, parse_slot
+from idstore.backends.etcd import EtcdStore, api
+from idstore.backends.etcd.connection import parse_endpoint
+from idstore.backends.etcd.keys import parse_slot
+from idstore.backends.etcd.watch import pool_changed_after
 from idstore.errors import BackendNotFound, ConfigError, SessionLost, StoreUnavailable
 from tests.harness.etcd_server import EtcdCluster, EtcdServer, etcdctl, free_port
 from tests.harness.waiting import wait_for
@@ -88,11 +91,12 @@ def test_loads_whatever_protobuf_the_process_has(implementation: str) -> None:
         "import google.protobuf.descriptor_pb2\n"  # protobuf loaded first, as any user may
         "from google.protobuf.internal import api_implementation\n"
         "from idstore.backends import backend_class\n"
-        "from idstore.backends.etcd import rpc, mvcc\n"
+        "from idstore.backends.etcd.api import load\n"
+        "from idstore.backends.etcd.requests import created_at, txn\n"
         "backend_class('etcd')\n"
-        "txn = rpc.TxnRequest(compare=[rpc.Compare(key=b'k', target=rpc.Compare.CREATE)])\n"
-        "assert rpc.TxnRequest.FromString(txn.SerializeToString()) == txn\n"
-        "print(api_implementation.Type(), mvcc.Event.DELETE)\n"
+        "t = txn(compare=[created_at(b'k', 0)])\n"
+        "assert load().message('etcdserverpb.TxnRequest').FromString(t.SerializeToString()) == t\n"
+        "print(api_implementation.Type(), load().event_delete)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
     if implementation == "python":
@@ -105,22 +109,24 @@ def test_loads_whatever_protobuf_the_process_has(implementation: str) -> None:
 
 
 def test_a_missing_etcd3_is_a_backend_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    from idstore.backends import etcd
-
-    monkeypatch.setattr(etcd.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(BackendNotFound, match="etcd3"):
-        etcd._load_api()
+    api.load.cache_clear()
+    monkeypatch.setattr(api.importlib.util, "find_spec", lambda name: None)
+    try:
+        with pytest.raises(BackendNotFound, match="etcd3"):
+            api.load()
+        with pytest.raises(BackendNotFound, match="etcd3"):
+            EtcdStore(StoreOptions(endpoints=("http://127.0.0.1:1",)))
+    finally:
+        api.load.cache_clear()
 
 
 def test_the_descriptor_is_read_without_running_the_module(tmp_path: Path) -> None:
-    from idstore.backends import etcd
-
     module = tmp_path / "x_pb2.py"
     module.write_text("raise SystemExit('never run')\nD = F(serialized_pb=_b('\\n\\x01x'))\n")
-    assert etcd._embedded_descriptor(module) == b"\n\x01x"
+    assert api.embedded_descriptor(module) == b"\n\x01x"
     (tmp_path / "empty_pb2.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="serialized_pb"):
-        etcd._embedded_descriptor(tmp_path / "empty_pb2.py")
+        api.embedded_descriptor(tmp_path / "empty_pb2.py")
 
 
 # -- against one etcd --------------------------------------------------------------------
@@ -317,7 +323,7 @@ def test_failed_renewals_are_retried_soon_and_keep_the_session(
     session = store.session_id
     states: list[ConnectionState] = []
     store.add_listener(states.append)
-    real = store._refresh_once
+    real = store._session._refresh_once
     calls: list[float] = []
 
     def flaky(lease: int, timeout: float) -> int:
@@ -326,7 +332,7 @@ def test_failed_renewals_are_retried_soon_and_keep_the_session(
             raise StoreUnavailable("injected: the member we talk to just died")
         return real(lease, timeout)
 
-    store._refresh_once = flaky  # type: ignore[method-assign]
+    store._session._refresh_once = flaky  # type: ignore[method-assign]
     wait_for(lambda: len(calls) >= 3 and store.state is ConnectionState.CONNECTED, 6, "renewed")
     time.sleep(1.5)  # past the old deadline had the retries come a whole interval apart
     print(f"\nrenewal attempts {[round(t - calls[0], 2) for t in calls[:4]]} s after the first")
@@ -343,16 +349,17 @@ def test_a_request_racing_a_failover_is_sent_on_the_new_channel(
     closed channel!"), which escaped every handler: it killed the keepalive thread in the
     middle of a quorum loss, and the store never opened a new session."""
     store = stores()
-    stale = store._current()
-    store._use(store._conn_index)  # another thread's failover: a new channel, the old closed
+    transport = store._transport
+    stale = transport.current()
+    transport.use(transport.index)  # another thread's failover: a new channel, the old closed
     handed = iter([stale])
-    current = store._current
-    store._current = lambda: next(handed, None) or current()  # type: ignore[method-assign]
+    current = transport.current
+    transport.current = lambda: next(handed, None) or current()  # type: ignore[method-assign]
     assert store.list(POOL).claims == {}
     # A channel closed with nothing to move on to is "unavailable", like any other failure.
-    store._current = lambda: stale  # type: ignore[method-assign]
+    transport.current = lambda: stale  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable, match="closed channel"):
         store.list(POOL)
     with pytest.raises(StoreUnavailable, match="closed channel"):
-        store._pool_changed_after(stale, POOL, 0)
-    store._current = current  # type: ignore[method-assign]
+        pool_changed_after(stale, store._claims.keys.pool(POOL), 0, 1.0)
+    transport.current = current  # type: ignore[method-assign]
