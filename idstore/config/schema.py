@@ -39,6 +39,12 @@ class PoolSettings:
     protocol: str = "tcp"
     ports: tuple[PortSpec, ...] = ()  # every named port, the primary among them
 
+    def __post_init__(self) -> None:
+        # Made with a fixed ``port`` only (as before named ports existed): that port is
+        # the pool's one named port, so every reader can go by ``ports``.
+        if self.port is not None and not self.ports:
+            object.__setattr__(self, "ports", (PortSpec(self.service, fixed=self.port),))
+
     def port_spec(self, name: str | None = None) -> PortSpec | None:
         wanted = name or self.service
         return next((s for s in self.ports if s.name == wanted), None)
