@@ -148,6 +148,7 @@ def check_job(ex: Example, hosts: list[int]) -> None:
     out = ex.launch(hosts)
     for i in hosts:
         assert "job done" in out[i], f"host {i}:\n{out[i][-4000:]}"
+        print(f"--- {ex.kind} host {i}\n{out[i][-1500:]}")  # shown with -s or on failure
 
 
 @pytest.mark.parametrize("example", ["tensorflow", "pytorch"], indirect=True)
@@ -164,10 +165,13 @@ def test_example_job_completes_and_again_after_a_host_is_replaced(
     who = {i: ex.whoami(i) for i in range(3)}
     names = {i: str(w["name"]).rstrip(".") for i, w in who.items()}
     assert sorted(names.values()) == [f"worker{s}.{zone}" for s in range(3)]
-    # every name through every host's system resolver, not through idstore's port
+    # every name through every host's system resolver, not through idstore's port, and
+    # back (PTR with no reverse_zones configured: torch looks its peers up in reverse)
     for i in range(3):
         for j in range(3):
             assert ex.resolve(i, names[j]) == ex.lab.hosts[j].address
+            back = ex.run("getent", "hosts", ex.lab.hosts[j].address, i=i, timeout=15)
+            assert names[j] in back.stdout.split(), back
     # each host published its own port of the range, and the launch values carry it
     for i, w in who.items():
         port = w["port"]
