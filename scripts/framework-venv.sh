@@ -29,7 +29,7 @@ if ! "$py" -c 'import torch' 2>/dev/null && [ ! -e "$venv/.no-cpu-torch" ]; then
     rm -rf "$venv/.wheels"  # installed: the wheel's copy is 200 MB of nothing
   else
     echo "== framework venv: no CPU-only torch available; the PyTorch example test will skip" >&2
-    echo "no CPU-only torch wheel (torch==2.13.0+cpu) was available to pip" > "$venv/.no-cpu-torch"
+    echo "no CPU-only torch wheel (torch==2.13.0+cpu) was available to pip (remove $venv/.no-cpu-torch to look again)" > "$venv/.no-cpu-torch"
   fi
 fi
 echo "$venv"
