@@ -49,7 +49,9 @@ class Content:
         self.reverse = [name_to_wire(z) for z in dns.reverse_zones]
         # Longest first, so the most specific zone wins when one holds another.
         self.apexes = sorted({self.apex, *self.reverse}, key=len, reverse=True)
-        self.index = NameIndex(self.apex, self.reverse, dns.reverse_auto)
+        # reverse zones given (even when the settings were made in code with the
+        # default reverse_auto) are exactly what is served
+        self.index = NameIndex(self.apex, self.reverse, dns.reverse_auto and not self.reverse)
         # Derived reverse zones (dns.reverse_auto) -> addresses in them. When one comes or
         # goes, names that were out of zone come in (or leave): zones_changed tells the
         # zone to drop its whole-reply cache, where their REFUSED replies may sit.

@@ -88,3 +88,11 @@ def test_reverse_zones_set_override_and_an_empty_list_turns_ptr_off() -> None:
     assert texts(ask(only, "10.2.0.192.in-addr.arpa.", "PTR")) == ["worker0.tf.local."]
     assert ask(only, "0.192.in-addr.arpa.", "SOA").rcode() == dns.rcode.NOERROR
     assert ask(only, V6_PTR, "PTR").rcode() == dns.rcode.REFUSED
+
+
+def test_given_reverse_zones_win_over_the_derived_ones() -> None:
+    zone = Zone(DnsSettings(zone="tf.local.", reverse_zones=("8.b.d.0.1.0.0.2.ip6.arpa.",)),
+                pools({"grpc": 1}))  # fmt: skip
+    zone.update([("worker", 0, member(0))])
+    assert texts(ask(zone, V6_PTR, "PTR")) == ["worker0.tf.local."]
+    assert ask(zone, "10.2.0.192.in-addr.arpa.", "PTR").rcode() == dns.rcode.REFUSED
