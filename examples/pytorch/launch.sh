@@ -15,8 +15,9 @@ $IDSTORE wait --count "${WORKERS:-3}" --timeout "${WAIT_TIMEOUT:-300}"
 # NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT as PET_* (torchrun reads those for absent
 # flags), PET_RDZV_BACKEND=static (else torchrun ignores the rank), and
 # GLOO_SOCKET_IFNAME & co. naming the interface of this node's published address.
-eval "$($IDSTORE env --format torchrun)"
-eval "$($IDSTORE env --format shell | grep '^export IDSTORE_NAME=')"
-getent hosts "$IDSTORE_NAME" >/dev/null || {
-  echo "launch: $IDSTORE_NAME does not resolve on this host; see the README" >&2; exit 1; }
+values="$($IDSTORE env --format torchrun)"  # (an assignment: set -e stops on a failure)
+eval "$values"
+# the master's name resolves through this host's own resolver, as torch will resolve it
+getent hosts "$MASTER_ADDR" >/dev/null || {
+  echo "launch: $MASTER_ADDR does not resolve on this host; see the README" >&2; exit 1; }
 exec $PYTHON -m torch.distributed.run --nproc-per-node 1 "$here/train.py"

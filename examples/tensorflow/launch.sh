@@ -15,7 +15,8 @@ PYTHON="${PYTHON:-python3}"
 # 1. every worker holds its name (and so every name resolves)
 $IDSTORE wait --count "${WORKERS:-3}" --timeout "${WAIT_TIMEOUT:-300}"
 # 2. TF_CONFIG (every worker with its own port), this node's index, IDSTORE_*
-eval "$($IDSTORE env --format shell)"
+values="$($IDSTORE env --format shell)"  # (an assignment: set -e stops on a failure)
+eval "$values"
 # 3. the names resolve through this host's own resolver, as TensorFlow will resolve them
 getent hosts "$IDSTORE_NAME" >/dev/null || {
   echo "launch: $IDSTORE_NAME does not resolve on this host; see the README" >&2; exit 1; }
