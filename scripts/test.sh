@@ -29,5 +29,7 @@ ruff check idstore tests benchmarks
 echo "== mypy"
 mypy
 
+# tests/integration/test_examples.py makes (once) and reuses the cached virtualenv of
+# real TensorFlow and PyTorch through scripts/framework-venv.sh.
 echo "== pytest"
 exec python3 -m pytest -p no:cacheprovider -ra "$@"

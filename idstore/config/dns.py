@@ -25,10 +25,13 @@ MAX_UDP = 1232  # RFC 9715 / DNS flag day 2020: the largest UDP reply we ever se
 @dataclass(frozen=True)
 class DnsSettings:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
-    zone: str = "idstore.local."
+    zone: str = "idstore.internal."
     ttl: int = 5  # TTL of positive answers
     negative_ttl: int = 5  # SOA minimum: how long resolvers cache NXDOMAIN / NODATA
-    reverse_zones: tuple[str, ...] = ()  # e.g. "2.0.192.in-addr.arpa."
+    reverse_zones: tuple[str, ...] = ()
+    # reverse_zones not set: PTR for every published address, in zones derived from the
+    # claims (idstore.dns.reverse); set (even to []) it is exactly what is served
+    reverse_auto: bool = True  # e.g. "2.0.192.in-addr.arpa."
     forward: tuple[str, ...] = ()  # upstream resolvers ("host" or "host:port")
     forward_timeout: float = 2.0
     stale_ttl: int = 30  # answer TTL while serving a stale view (RFC 8767)
@@ -95,6 +98,7 @@ def dns_settings(table: Any, pools: Sequence[PoolSettings]) -> DnsSettings:
         ttl=as_int(table.get("ttl", 5), "dns.ttl", 0, 86400),
         negative_ttl=as_int(table.get("negative_ttl", 5), "dns.negative_ttl", 0, 86400),
         reverse_zones=reverse,
+        reverse_auto="reverse_zones" not in table,
         forward=forward,
         forward_timeout=as_float(table.get("forward_timeout", 2.0), "dns.forward_timeout", 0.1),
         stale_ttl=as_int(table.get("stale_ttl", 30), "dns.stale_ttl", 0, 30),

@@ -5,12 +5,15 @@ Names served (``<zone>`` = ``dns.zone``):
 - ``_<service>._<protocol>.<pool>.<zone>``: SRV of every member (priority 0, weight 1,
   port = the member's published port for the service, else the pool's port; members with
   neither are left out, so a pool without ports answers NODATA), targets' A/AAAA as
-  additional records;
+  additional records; a pool with several named ports (``ports = {grpc = ..., master =
+  ...}``) has one such SRV owner per port name, ``_<port name>._<protocol>.<pool>``;
 - DNS-SD browsing (RFC 6763), see idstore.dns.dnssd;
 - the apex: SOA and NS. The NS target is ``ns.<zone>``, which resolves to the addresses
   of whichever node answers (each node is a name server for the whole zone); NODATA
   while this node holds no slot. The SOA serial grows with every change of the view;
-- PTR of every claimed address inside ``dns.reverse_zones`` (which get SOA/NS too).
+- PTR of every claimed address inside ``dns.reverse_zones`` (which get SOA/NS too); with
+  ``reverse_zones`` not set, of every claimed address, in zones derived from the claims
+  (idstore.dns.reverse), which exist while a claim has an address in them.
 
 Answers are cached by (name, type) as ``Prepared`` (idstore.dns.answers); a change pops
 exactly the entries it can alter and marks them dead, which is how the whole-reply cache
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 from dnslib import RR
 
 from idstore.config import DnsSettings, PoolSettings
-from idstore.dns import records, wire
+from idstore.dns import records, reverse, wire
 from idstore.dns.answers import BODY_CAP, Chunk, Prepared, negative, positive
 from idstore.dns.dnssd import DnsSd
 from idstore.dns.index import NameIndex, Revs
@@ -46,7 +49,14 @@ class Content:
         self.reverse = [name_to_wire(z) for z in dns.reverse_zones]
         # Longest first, so the most specific zone wins when one holds another.
         self.apexes = sorted({self.apex, *self.reverse}, key=len, reverse=True)
-        self.index = NameIndex(self.apex, self.reverse)
+        # reverse zones given (even when the settings were made in code with the
+        # default reverse_auto) are exactly what is served
+        self.index = NameIndex(self.apex, self.reverse, dns.reverse_auto and not self.reverse)
+        # Derived reverse zones (dns.reverse_auto) -> addresses in them. When one comes or
+        # goes, names that were out of zone come in (or leave): zones_changed tells the
+        # zone to drop its whole-reply cache, where their REFUSED replies may sit.
+        self.auto_zones: dict[bytes, int] = {}
+        self.zones_changed = False
         self.cache: dict[tuple[bytes, int], Prepared] = {}
         self._negatives: dict[tuple[bytes, int, int], Prepared] = {}
         self.identity: bytes | None = None
@@ -54,17 +64,21 @@ class Content:
         self.serial = int(time.time()) & 0xFFFFFFFF
         self.ttl = dns.ttl
         self.neg_ttl = dns.negative_ttl
-        # SRV owner -> pool; pool -> its SRV owners (one today, kept general)
+        # SRV owner -> pool and the pool's port it lists; pool -> its SRV owners (one per
+        # named port; the service's when the pool has no ports)
         self.srv_pool: dict[bytes, str] = {}
+        self.srv_port: dict[bytes, str] = {}
         self.pool_owners: dict[str, list[bytes]] = {}
         for apex in self.apexes:
             self.index.names[apex] = 1
         self.index.add_name(self.ns_name, self.apex)
         for pool in self.pools.values():
-            owner = name_to_wire(f"_{pool.service}._{pool.protocol}.{pool.name}.{dns.zone}")
-            self.srv_pool[owner] = pool.name
-            self.pool_owners.setdefault(pool.name, []).append(owner)
-            self.index.add_name(owner, self.apex)
+            for port_name in [p.name for p in pool.ports] or [pool.service]:
+                owner = name_to_wire(f"_{port_name}._{pool.protocol}.{pool.name}.{dns.zone}")
+                self.srv_pool[owner] = pool.name
+                self.srv_port[owner] = port_name
+                self.pool_owners.setdefault(pool.name, []).append(owner)
+                self.index.add_name(owner, self.apex)
         self.dnssd = DnsSd(self.apex, list(self.pools.values()), self.index)
 
     # ------------------------------------------------------------------ changes
@@ -74,11 +88,41 @@ class Content:
         old = self.index.apply(pool, slot, member)
         if old is not None:
             self._forget(old[0], pool, old[1], self.dnssd.touched(settings, slot))
+            self._count_zones(old[1], -1)
         if member is None:
             return
         new = self.index.add(pool, slot, member)
         if new is not None:
+            self._count_zones(new[1], 1)
             self._forget(new[0], pool, new[1], self.dnssd.touched(settings, slot))
+
+    def _count_zones(self, revs: Revs, step: int) -> None:
+        """Derived reverse zones: one comes with its first address, goes with its last."""
+        if not self.index.auto_reverse:
+            return
+        names = self.index.names
+        for _, zone in revs:
+            count = self.auto_zones.get(zone, 0) + step
+            if count > 0:
+                if zone not in self.auto_zones:
+                    names[zone] = names.get(zone, 0) + 1
+                    self.zones_changed = True
+                self.auto_zones[zone] = count
+            elif self.auto_zones.pop(zone, None) is not None:
+                if names.get(zone, 0) <= 1:
+                    names.pop(zone, None)
+                else:
+                    names[zone] -= 1
+                for qtype in (SOA, NS, ANY):
+                    self._drop((zone, qtype))
+                self.zones_changed = True
+
+    def member_port(self, owner: bytes, member: Member) -> int | None:
+        """The port the SRV owner ``owner`` gives ``member`` (None: left out)."""
+        return self.pools[self.srv_pool[owner]].member_port(member.ports, self.srv_port[owner])
+
+    def all_apexes(self) -> list[bytes]:
+        return [*self.apexes, *self.auto_zones]
 
     def _drop(self, key: tuple[bytes, int]) -> None:
         entry = self.cache.pop(key, None)
@@ -106,7 +150,7 @@ class Content:
     def forget_ns(self) -> None:
         for qtype in (_A, AAAA, ANY):
             self._drop((self.ns_name, qtype))
-        for apex in self.apexes:
+        for apex in self.all_apexes():
             self._drop((apex, NS))
             self._drop((apex, ANY))
 
@@ -127,7 +171,7 @@ class Content:
     def bump_serial(self) -> None:
         """A new SOA serial: what the SOA says (apex SOA, every negative answer) goes."""
         self.serial = (self.serial + 1) & 0xFFFFFFFF
-        for apex in self.apexes:
+        for apex in self.all_apexes():
             self._drop((apex, SOA))
             self._drop((apex, ANY))
         self._forget_negatives()
@@ -138,6 +182,10 @@ class Content:
         for apex in self.apexes:
             if wire.is_subdomain(qname, apex):
                 return apex
+        if self.auto_zones:  # one lookup, however many derived zones there are
+            zone = reverse.zone_of(qname)
+            if zone is not None and zone in self.auto_zones:
+                return zone
         return None
 
     def prepare(self, qname: bytes, qtype: int, apex: bytes) -> Prepared:
@@ -216,10 +264,9 @@ class Content:
         carry, so ``positive`` still sees the overflow and sets TC, and a 10,000-member
         pool costs the records that fit, not 10,000 (a member's records are packed once
         per change of that member; the answer joins them)."""
-        settings = self.pools[pool]
         size = 0
         for _, name, m in self.index.pool_members(pool):
-            port = m.ports.get(settings.service, settings.port)
+            port = self.member_port(qname, m)
             if port is None:
                 continue
             srv, addrs = self.index.srv_chunk(qname, name, m, port, self.ttl)

@@ -54,7 +54,7 @@ class DnsSd:
             index.add_name(owner, apex)
 
     def _port(self, pool: PoolSettings, member: Member) -> int | None:
-        return member.ports.get(pool.service, pool.port)
+        return pool.member_port(member.ports)
 
     def instance(self, pool: PoolSettings, slot: int) -> bytes:
         return _label(f"{pool.name}-{slot}") + self.type_of_pool[pool.name]

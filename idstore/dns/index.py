@@ -34,7 +34,7 @@ import ipaddress
 import logging
 from collections.abc import Iterator
 
-from idstore.dns import records, wire
+from idstore.dns import records, reverse, wire
 from idstore.dns.answers import Chunk
 from idstore.dns.wire import name_to_wire
 from idstore.view import Member
@@ -45,9 +45,11 @@ Revs = tuple[tuple[bytes, bytes], ...]  # (reverse name, its reverse zone) per a
 
 
 class NameIndex:
-    def __init__(self, apex: bytes, reverse: list[bytes]) -> None:
+    def __init__(self, apex: bytes, reverse: list[bytes], auto_reverse: bool = False) -> None:
         self.apex = apex
         self.reverse = reverse
+        # every address in its derived zone (idstore.dns.reverse) instead of ``reverse``
+        self.auto_reverse = auto_reverse
         self.names: dict[bytes, int] = {}
         self.members: dict[bytes, Member] = {}
         self.slots: dict[tuple[str, int], tuple[bytes, Revs]] = {}
@@ -103,6 +105,12 @@ class NameIndex:
             self.drop_name(rev, apex)
 
     def _reverse_names(self, member: Member) -> Revs:
+        if self.auto_reverse:
+            return tuple(
+                (rev, zone)
+                for rev in map(reverse.reverse_name, member.addresses)
+                if rev is not None and (zone := reverse.zone_of(rev)) is not None
+            )
         if not self.reverse:
             return ()
         out = []

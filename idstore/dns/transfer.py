@@ -99,9 +99,8 @@ def zone_rrs(content: Content, apex: bytes) -> list[RR]:
         out += records.address_rrs(owner, member, ttl, None)
         out.append(records.txt_rr(owner, member, ttl))
     for owner, pool in content.srv_pool.items():
-        settings = content.pools[pool]
         for _, name, m in index.pool_members(pool):
-            port = m.ports.get(settings.service, settings.port)
+            port = content.member_port(owner, m)
             if port is not None:
                 out.append(records.srv_rr(label(owner), label(name), port, ttl))
     out += content.dnssd.zone_rrs(ttl)

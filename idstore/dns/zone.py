@@ -108,6 +108,9 @@ class Zone(Content):
                 for pool, slot, member in changes[start : start + _UPDATE_CHUNK]:
                     self.apply(pool, slot, member)
                 self.bump_serial()
+                if self.zones_changed:  # a derived reverse zone came or went
+                    self.zones_changed = False
+                    self._replies = replies.Replies()
 
     def set_identity(self, name: str | None, live: Callable[[], bool] | None = None) -> None:
         """This node's claimed name (NSID, ``ns.<zone>``); None while it holds no slot.
