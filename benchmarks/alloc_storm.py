@@ -32,7 +32,13 @@ Usage::
 
     python benchmarks/alloc_storm.py --backend etcd|zookeeper --nodes N
         [--endpoints URL ...] [--no-baseline] [--repeat K] [--procs P]
-        [--baseline-max-s S] [--baseline-atomic]
+        [--baseline-max-s S] [--baseline-atomic] [--hinted [--existing-pool]]
+
+``--hinted``: every node boots with a slot hint (``prefer_slot``: node i -> slot
+first + i, as a scheduler's index), so it claims that slot directly without queueing;
+prints one JSON line per run with ``algorithm`` = ``idstore-hinted`` (no baseline).
+``--existing-pool``: the pool was used before (its keys' parents exist), as at a job's
+second boot.
 """
 
 from __future__ import annotations
@@ -161,6 +167,8 @@ class Simulation:
 def simulation(job: Job, indices: range) -> Simulation:
     if job.algorithm == "idstore":
         return IdstoreSimulation(job, indices)
+    if job.algorithm == "idstore-hinted":
+        return HintedSimulation(job, indices)
     return IdetcdSimulation(job, indices)
 
 
@@ -310,6 +318,62 @@ def run_idstore(
             "procs": procs,
             "claim_attempts_total": attempts,
             "lost_races": attempts - sum(1 for o in outcomes if o.slot is not None),
+        },
+    )
+
+
+# ---------------------------------------------------------------------- idstore --hinted
+
+
+class HintedSimulation(IdstoreSimulation):
+    """Every node with its own slot hint (a scheduler's index): one claim, no queue."""
+
+    def node(self, k: int) -> Outcome:
+        store = self.stores[k]
+        store.open()
+        i = self.indices[k]
+        record = SlotRecord(f"node-{i}", uuid.uuid4().hex, ("192.0.2.1",))
+        alloc = Allocator(store, self.pool, record, prefer_slot=self.job.first + i)
+        claim = None
+        give_up = time.monotonic() + self.job.timeout
+        while claim is None and time.monotonic() < give_up:
+            claim = alloc.acquire()
+        return Outcome(
+            claim.slot if claim else None, requests_of(store), attempts=alloc.claim_attempts
+        )
+
+
+def run_hinted(
+    backend: str,
+    endpoints: Sequence[str],
+    n: int,
+    first: int,
+    timeout: float,
+    procs: int,
+    existing: bool = False,
+) -> Run:
+    """``existing``: the pool has been used before (a job's second boot), so its keys'
+    parents exist; on ZooKeeper a node that meets a brand-new pool must create its
+    znodes first (a NoNode, then the tree, then the claim again)."""
+    cluster = f"hinted{uuid.uuid4().hex[:8]}"
+    if existing:
+        with backends.create(backend, options_for(endpoints, cluster)) as store:
+            rec = SlotRecord("previous-job", uuid.uuid4().hex)
+            store.release(store.claim(POOL, first, rec))
+    job = Job("idstore-hinted", backend, tuple(endpoints), n, first, cluster, timeout)
+    outcomes, wall = storm(job, procs)
+    return Run(
+        backend,
+        "idstore-hinted",
+        n,
+        first,
+        outcomes,
+        wall,
+        {
+            "procs": procs,
+            "claim_attempts_total": sum(o.attempts for o in outcomes),
+            "on_hinted_slot": sum(1 for k, o in enumerate(outcomes) if o.slot == first + k),
+            "pool_existed": existing,
         },
     )
 
@@ -537,11 +601,29 @@ def main() -> None:
                     help="stop the baseline after this long and extrapolate")  # fmt: skip
     ap.add_argument("--baseline-atomic", action="store_true",
                     help="etcd baseline: put-if-absent instead of idetcd's blind put")  # fmt: skip
+    ap.add_argument("--hinted", action="store_true",
+                    help="each node with its own slot hint (prefer_slot)")  # fmt: skip
+    ap.add_argument("--existing-pool", action="store_true",
+                    help="--hinted: the pool was used before (its tree exists)")  # fmt: skip
     args = ap.parse_args()
     if not 1 <= args.nodes <= MAX_NODES:
         ap.error(f"--nodes must be between 1 and {MAX_NODES}")
     logging.basicConfig(level=logging.ERROR)
     procs = args.procs or -(-args.nodes // NODES_PER_PROC)
+    if args.hinted:
+        with store_endpoints(args.backend, args.endpoints) as endpoints:
+            for _ in range(max(1, args.repeat)):
+                run = run_hinted(
+                    args.backend,
+                    endpoints,
+                    args.nodes,
+                    args.first,
+                    args.timeout,
+                    procs,
+                    args.existing_pool,
+                )
+                emit(run.figures())
+        return
 
     with store_endpoints(args.backend, args.endpoints) as endpoints:
         runs = [

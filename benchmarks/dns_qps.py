@@ -14,12 +14,27 @@ Default mode (what issue 6 asks for):
 ``--in-process`` replaces steps 1-2 by a child process that feeds DnsServer + Zone
 directly (no store): the DNS frontend alone, for comparison.
 
+Off the happy path (issue 14), each in the same run as the plain figures:
+
+- ``--case-mix``: every query line in random letter case (as resolvers using 0x20
+  randomisation send), 100 case variants of each name, so a reply cache keyed on raw
+  bytes would miss; idstore and NSD get the same file. Ratio: idstore/NSD.
+- ``--churn R``: while dnsperf runs, other store clients (own sessions, one per 100
+  slots a second) claim R slots a second and release each a second later (R claims +
+  R releases per second, spare slots past the N names), through the real store, watch
+  and view; the changes per second reached are printed. Printed next to
+  idstore's plain figure of the same round; ratio: churn/plain. Needs the real store
+  (not ``--in-process``).
+
+Every line has the server's CPU time per answered query and the load average.
+
 Prints one JSON line per server (server, qps, avg_latency_ms, lost, queries) and then
 ``{"ratio": idstore_qps / nsd_qps}``. With ``--rounds R`` the pair is measured R times
 (alternating, so both see the same background load) and the ratio line gives the median
 and every round's figure. Usage::
 
     python benchmarks/dns_qps.py [--names 1000] [--seconds 10] [--clients 10] [--rounds 1]
+                                 [--case-mix | --churn R]
 
 Helpers here (config file, serve process, pre-claims, raw queries, dnsperf, NSD) are
 shared with benchmarks/propagation.py and benchmarks/scale.py.
@@ -42,6 +57,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -50,6 +66,8 @@ from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.harness.ports import free_dns_port  # noqa: E402  (needs ROOT on sys.path)
 
 ZONE = "tf.local."
 POOL = "worker"
@@ -139,21 +157,6 @@ def wait_all_names(port: int, wanted: Sequence[str], timeout: float = 60.0) -> f
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP at the time of asking."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket() as t:
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port for UDP and TCP")
-
-
 def write_config(
     path: Path,
     backend: str,
@@ -204,26 +207,14 @@ def cpu_seconds(pid: int) -> float:
 # ``idstore serve`` with the node's zone a plain Zone: what serving costs once idstore.node
 # reads the request-duration histogram from ``zone.stats.durations`` instead of wrapping
 # ``Zone.resolve`` (a wrapper keeps the server off its inline cached-reply path).
-UNTIMED = (
-    "import sys, idstore.node as n\n"
-    "from idstore.dns.zone import Zone\n"
-    "if hasattr(n, 'TimedZone'):\n"
-    "    n.TimedZone = lambda dns, pools, durations: Zone(dns, pools)\n"
-    "from idstore.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
 class Serve:
     """A real ``idstore serve`` process (``python -m idstore serve``) on a free port."""
 
-    def __init__(
-        self, config: Path, address: str, node_id: str, workdir: Path, untimed: bool = False
-    ) -> None:
-        self.port = free_port()
+    def __init__(self, config: Path, address: str, node_id: str, workdir: Path) -> None:
+        self.port = free_dns_port(HOST)
         self.log_path = workdir / f"serve-{node_id}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        python = [sys.executable, *(["-c", UNTIMED] if untimed else ["-m", "idstore"])]
+        python = [sys.executable, "-m", "idstore"]
         # Same session as the benchmark (no setsid), like NSD and dnsperf: with the
         # kernel's autogroup scheduling a new session is its own CPU group, which on a
         # busy machine cost the serve process a third of its QPS against its peers.
@@ -372,25 +363,90 @@ def in_process_idstore(n: int, duration_every: int | None = None) -> Iterator[Ta
 
 @contextlib.contextmanager
 def real_idstore(
-    n: int, workdir: Path, backend: str = "etcd", untimed: bool = False
-) -> Iterator[Serve]:
-    """A real store with N-1 fake claims and a real ``idstore serve`` claiming the N-th."""
+    n: int, workdir: Path, backend: str = "etcd", spare: int = 0
+) -> Iterator[tuple[Serve, tuple[str, ...]]]:
+    """A real store with N-1 fake claims and a real ``idstore serve`` claiming the N-th;
+    yields it with the store's endpoints. ``spare``: slots past N (for --churn)."""
     with store_server(backend) as endpoints:
         store = open_store(backend, endpoints)
         try:
             mine = random.randrange(n)  # the serve process gets whichever slot is left
             preclaim(store, [s for s in range(n) if s != mine])
-            config = write_config(workdir / "idstore.toml", backend, endpoints, n)
-            node = Serve(config, address(mine), "bench-node", workdir, untimed)
+            config = write_config(workdir / "idstore.toml", backend, endpoints, n + spare)
+            node = Serve(config, address(mine), "bench-node", workdir)
             try:
                 wait_answering(node.port, 30)
                 node.check()
                 wait_all_names(node.port, [name for name, _ in names(n)])
-                yield node
+                yield node, endpoints
             finally:
                 node.stop()
         finally:
             store.close(release=True)
+
+
+class Churn:
+    """Second store clients claiming ``rate`` slots a second in all (slots n ..
+    n+2*rate-1), each released about a second after its claim, until stopped. One client
+    (its own session and thread) per 100 slots a second: one etcd client alone reaches
+    only a few hundred requests a second here."""
+
+    def __init__(self, backend: str, endpoints: Sequence[str], n: int, rate: int) -> None:
+        workers = max(1, -(-rate // 100))
+        self.rates = [rate // workers + (1 if w < rate % workers else 0) for w in range(workers)]
+        self.stores = [open_store(backend, endpoints, cluster="bench") for _ in self.rates]
+        self.n, self.rate = n, rate
+        self.ops = [0] * workers
+        self.errors = [0] * workers
+        self.started = self.elapsed = 0.0
+        self.stop_flag = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True)
+                        for w in range(workers)]  # fmt: skip
+
+    def __enter__(self) -> Churn:
+        self.started = time.monotonic()
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        for thread in self.threads:
+            thread.join(30)
+        self.elapsed = time.monotonic() - self.started
+        for store in self.stores:
+            store.close(release=True)
+
+    def _run(self, w: int) -> None:
+        store, rate = self.stores[w], self.rates[w]
+        base = self.n + 2 * sum(self.rates[:w])  # this worker's spare slots
+        spare = 2 * rate
+        held: dict[int, Any] = {}
+        tick = 1.0 / rate
+        next_at = time.monotonic()
+        i = 0
+        while not self.stop_flag.is_set():
+            slot = base + i % spare
+            old = base + (i - rate) % spare
+            try:
+                if old in held:
+                    store.release(held.pop(old))
+                    self.ops[w] += 1
+                if slot not in held:
+                    held[slot] = store.claim(POOL, slot, fake_record(slot))
+                    self.ops[w] += 1
+            except Exception:  # a lost race or a slow store: count it, keep the pace
+                self.errors[w] += 1
+            i += 1
+            next_at += tick
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def figures(self) -> dict[str, Any]:
+        return {"churn_clients": len(self.rates),
+                "churn_ops_per_s": round(sum(self.ops) / max(self.elapsed, 1e-9), 1),
+                "churn_errors": sum(self.errors)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- NSD side
@@ -410,7 +466,7 @@ def nsd_zone(n: int, txt: bool) -> list[str]:
 @contextlib.contextmanager
 def nsd(n: int, workdir: Path, txt: bool = False) -> Iterator[Target]:
     binary = shutil.which("nsd") or "/usr/sbin/nsd"
-    port = free_port()
+    port = free_dns_port(HOST)
     (workdir / "zone").write_text("\n".join(nsd_zone(n, txt)) + "\n")
     (workdir / "nsd.conf").write_text(f"""server:
   ip-address: {HOST}@{port}
@@ -446,15 +502,21 @@ zone:
 # --------------------------------------------------------------------------- dnsperf
 
 
-def query_file(path: Path, n: int, mix: bool) -> Path:
-    """Every name once with A; with ``mix`` also AAAA (NODATA) and TXT for some names."""
+def query_file(path: Path, n: int, mix: bool, case_variants: int = 0) -> Path:
+    """Every name once with A; with ``mix`` also AAAA (NODATA) and TXT for some names.
+    ``case_variants`` > 0: that many passes over the names, each line in random letter
+    case (a fixed seed, so both servers get the same file)."""
+    rng = random.Random(14)
     lines = []
-    for i, (name, _) in enumerate(names(n)):
-        lines.append(f"{name} A\n")
-        if mix and i % 10 == 1:
-            lines.append(f"{name} AAAA\n")
-        if mix and i % 10 == 2:
-            lines.append(f"{name} TXT\n")
+    for _ in range(max(1, case_variants)):
+        for i, (name, _) in enumerate(names(n)):
+            if case_variants:
+                name = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
+            lines.append(f"{name} A\n")
+            if mix and i % 10 == 1:
+                lines.append(f"{name} AAAA\n")
+            if mix and i % 10 == 2:
+                lines.append(f"{name} TXT\n")
     path.write_text("".join(lines))
     return path
 
@@ -500,14 +562,21 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1, help="measure both servers R times")
     ap.add_argument("--mix", action="store_true", help="add AAAA and TXT queries to the A")
+    ap.add_argument(
+        "--case-mix",
+        action="store_true",
+        help="every query line in random letter case (0x20), both servers",
+    )
+    ap.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        metavar="R",
+        help="a second client claims and releases R slots a second meanwhile",
+    )
     ap.add_argument("--in-process", action="store_true",
                     help="DnsServer+Zone fed directly, no store and no idstore serve")  # fmt: skip
     ap.add_argument("--skip-nsd", action="store_true")
-    ap.add_argument(
-        "--untimed-zone",
-        action="store_true",
-        help="serve with a plain Zone instead of idstore.node's resolve-wrapping TimedZone",
-    )
     ap.add_argument(
         "--duration-every",
         type=int,
@@ -519,44 +588,82 @@ def main() -> None:
     if args.serve:
         serve_in_process(args.names, args.duration_every)
         return
+    if args.churn and args.in_process:
+        ap.error("--churn needs the real store (drop --in-process)")
     mode = "in-process" if args.in_process else "idstore serve (etcd)"
-    if args.untimed_zone and not args.in_process:
-        mode += ", plain Zone"
     with tempfile.TemporaryDirectory(prefix="dns_qps.") as tmp:
         workdir = Path(tmp)
-        datafile = query_file(workdir / "queries.txt", args.names, args.mix)
+        plainfile = query_file(workdir / "queries.txt", args.names, args.mix)
+        datafile = plainfile
+        if args.case_mix:
+            datafile = query_file(workdir / "mixed-case.txt", args.names, args.mix, 100)
         ours: contextlib.AbstractContextManager[Any]
         if args.in_process:
             ours = in_process_idstore(args.names, args.duration_every)
         else:
-            ours = real_idstore(args.names, workdir, untimed=args.untimed_zone)
+            ours = real_idstore(args.names, workdir, spare=2 * args.churn)
         with contextlib.ExitStack() as stack:
-            target = stack.enter_context(ours)
+            got = stack.enter_context(ours)
+            target, endpoints = got if isinstance(got, tuple) else (got, ())
             (workdir / "nsd").mkdir()
             base_target: Target | None = None
             if not args.skip_nsd:
                 base_target = stack.enter_context(nsd(args.names, workdir / "nsd", txt=args.mix))
-            ratios = []
             assert isinstance(target, (Target, Serve))
-            for r in range(max(1, args.rounds)):
-                extra = {"round": r + 1} if args.rounds > 1 else {}
-                res = dnsperf(target.port, datafile, args.seconds, args.clients, target.pid)
-                if isinstance(target, Serve):
-                    target.check()
-                print(json.dumps({"server": "idstore", "mode": mode, "names": args.names,
-                                  **res, "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
-                if base_target is None:
-                    continue
-                base = dnsperf(base_target.port, datafile, args.seconds, args.clients,
-                               base_target.pid)  # fmt: skip
-                print(json.dumps({"server": "nsd", "names": args.names, **base,
-                                  "loadavg": loadavg(), **extra}), flush=True)  # fmt: skip
-                ratios.append(res["qps"] / base["qps"])
-            if ratios:
-                line: dict[str, Any] = {"ratio": round(statistics.median(ratios), 3)}
-                if len(ratios) > 1:
-                    line["ratios"] = [round(x, 3) for x in ratios]
-                print(json.dumps(line), flush=True)
+            rounds = [measure_round(args, r, mode, target, base_target, plainfile, datafile,
+                                    endpoints) for r in range(max(1, args.rounds))]  # fmt: skip
+            summary: dict[str, Any] = {}
+            for key in rounds[0]:
+                values = [r[key] for r in rounds]
+                summary[key] = round(statistics.median(values), 3)
+                if len(values) > 1:
+                    summary[key + "_rounds"] = [round(v, 3) for v in values]
+            if summary:
+                print(json.dumps(summary), flush=True)
+
+
+def measure_round(args: argparse.Namespace, r: int, mode: str, target: Target | Serve,
+                  base_target: Target | None, plainfile: Path, datafile: Path,
+                  endpoints: Sequence[str]) -> dict[str, float]:  # fmt: skip
+    """One round: idstore plain (and under case mix or churn), then NSD the same way;
+    returns the round's ratios."""
+    extra = {"round": r + 1} if args.rounds > 1 else {}
+    common = {"names": args.names, **extra}
+
+    def run(port: int, pid: int, path: Path) -> dict[str, Any]:
+        res = dnsperf(port, path, args.seconds, args.clients, pid)
+        if isinstance(target, Serve):
+            target.check()
+        return res
+
+    ratios: dict[str, float] = {}
+    plain = run(target.port, target.pid, plainfile)
+    print(json.dumps({"server": "idstore", "mode": mode, "queries_kind": "plain", **common,
+                      **plain, "loadavg": loadavg()}), flush=True)  # fmt: skip
+    if args.churn:
+        with Churn("etcd", endpoints, args.names, args.churn) as churn:
+            res = run(target.port, target.pid, plainfile)
+        print(json.dumps({"server": "idstore", "mode": mode, "queries_kind": "plain",
+                          "churn": args.churn, **churn.figures(), **common, **res,
+                          "loadavg": loadavg()}), flush=True)  # fmt: skip
+        ratios["churn_vs_plain"] = res["qps"] / plain["qps"]
+    mixed = None
+    if args.case_mix:
+        mixed = run(target.port, target.pid, datafile)
+        print(json.dumps({"server": "idstore", "mode": mode, "queries_kind": "case-mix",
+                          **common, **mixed, "loadavg": loadavg()}), flush=True)  # fmt: skip
+    if base_target is None:
+        return ratios
+    base = run(base_target.port, base_target.pid, plainfile)
+    print(json.dumps({"server": "nsd", "queries_kind": "plain", **common, **base,
+                      "loadavg": loadavg()}), flush=True)  # fmt: skip
+    ratios["ratio"] = plain["qps"] / base["qps"]
+    if mixed is not None:
+        base_mixed = run(base_target.port, base_target.pid, datafile)
+        print(json.dumps({"server": "nsd", "queries_kind": "case-mix", **common, **base_mixed,
+                          "loadavg": loadavg()}), flush=True)  # fmt: skip
+        ratios["case_mix_ratio"] = mixed["qps"] / base_mixed["qps"]
+    return ratios
 
 
 if __name__ == "__main__":

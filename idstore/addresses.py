@@ -8,10 +8,13 @@ no packet is sent. Loopback and link-local addresses are never picked on their o
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -68,3 +71,38 @@ def detect(endpoints: Iterable[str] = ()) -> tuple[str, ...]:
     result = tuple(found[f] for f in (socket.AF_INET, socket.AF_INET6) if f in found)
     log.debug("detected addresses %s", result)
     return result
+
+
+_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's (primary) IPv4 address
+
+
+def interface_of(addresses: Iterable[str]) -> str | None:
+    """The name of the local interface holding one of ``addresses``, or None.
+
+    IPv4 through the SIOCGIFADDR ioctl (an interface's primary address, the one a
+    node publishes), IPv6 from /proc/net/if_inet6; no address tool is needed."""
+    wanted = {ipaddress.ip_address(a.split("%", 1)[0]) for a in addresses}
+    for _, name in socket.if_nameindex():
+        if any(ip.version == 4 for ip in wanted) and _ipv4_of(name) in wanted:
+            return name
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6:
+            ip = ipaddress.ip_address(":".join(fields[0][i : i + 4] for i in range(0, 32, 4)))
+            if ip in wanted:
+                return fields[5]
+    return None
+
+
+def _ipv4_of(ifname: str) -> ipaddress.IPv4Address | None:
+    request = struct.pack("256s", ifname[:15].encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)
+        except OSError:  # no IPv4 address on that interface
+            return None
+    return ipaddress.IPv4Address(packed[20:24])

@@ -4,8 +4,14 @@ Rules:
 - a node holds at most one slot;
 - a restarted node (same node identity) takes its old slot back while that slot still
   holds its identity, or is free; it never takes a slot held by another identity;
+- with a slot hint (``prefer_slot``) it claims exactly that slot, with the same atomic
+  claim as any other, without joining the queue (a hinted boot storm costs one claim per
+  node); when another identity holds it the node says who, and takes its place in line
+  (``prefer = "fallback"``) or waits for that slot (``"require"``);
 - otherwise it claims the lowest free slot; when the pool is full it waits, says so, and
   claims as soon as a slot frees;
+- its ports (``auto``, a range) are chosen once, before its first claim, preferring those
+  of its identity's earlier claim, and kept for the life of the process;
 - on LOST it stops asserting its slot at once, and claims again when the store is back;
 - if another live process with the same node identity takes the slot over, this one
   reports the duplicate and stops claiming (no ping-pong: the latest boot wins).
@@ -31,6 +37,7 @@ from idstore.backends.base import (
 )
 from idstore.config import PoolSettings
 from idstore.errors import IdstoreError, NotOwner, SessionLost, SlotTaken
+from idstore.hinted import SlotHint
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class Status(enum.Enum):
 
 
 HoldListener = Callable[[Status, Claim | None], None]
+# Given the ports of this identity's earlier claim (empty when none), this node's ports.
+PortChooser = Callable[[Mapping[str, int]], Mapping[str, int]]
 
 
 class Allocator:
@@ -60,11 +69,17 @@ class Allocator:
         pool: PoolSettings,
         record: SlotRecord,
         max_attempts_per_round: int = 64,
+        prefer_slot: int | None = None,
+        require: bool = False,
+        choose_ports: PortChooser | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.record = record
         self.max_attempts = max_attempts_per_round
+        self.hint = SlotHint(pool, prefer_slot, require) if prefer_slot is not None else None
+        # None once the ports are chosen (they then live in self.record)
+        self._choose_ports = choose_ports
         self.status = Status.STARTING
         self.claim: Claim | None = None
         self.claim_attempts = 0
@@ -193,7 +208,8 @@ class Allocator:
             log.warning("claiming a slot of pool %s failed: %s; retrying", self.pool.name, e)
             return
         if claim is None:
-            self._report_full()
+            if self.hint is None or not self.hint.require:
+                self._report_full()
             return
         self._set(Status.HELD, claim)
         log.info(
@@ -224,20 +240,50 @@ class Allocator:
         when a slot frees). Raises IdstoreError on store trouble.
         """
         record = replace(self.record, claimed_at=time.time())
+        if self.hint is not None:
+            hinted = self._claim_hinted(self.hint, record)
+            if hinted is not None or self.hint.require:
+                return self._settle(hinted)
         pos = self._join()
+        record = self._with_ports(record, pos.own)
         if pos.own:
             sticky = self._take_back(pos.own, record)
             if sticky is not None:
                 if pos.ticket is not None:
                     self._leave(pos.ticket)  # queued before it knew of its old claim
-                return sticky
+                return self._settle(sticky)
             if pos.ticket is None:  # not queued because of the old claim: queue now
                 pos = self.store.enqueue(self.pool.name, self.pool.slots(), record.node_id, False)
         claim = self._claim_previous(pos, record) or self._claim_in_line(pos, record)
         if claim is not None:
             self._ticket = None
             self._previous = None
+        return self._settle(claim)
+
+    def _claim_hinted(self, hint: SlotHint, record: SlotRecord) -> Claim | None:
+        before = hint.attempts
+        claim = hint.claim(self.store, record, self._with_ports)
+        self.claim_attempts += hint.attempts - before
+        if claim is not None and self._ticket is not None:
+            self._leave(self._ticket)  # in line from an earlier round: leave it
+        if claim is None and hint.require and self.status is not Status.WAITING:
+            self._set(Status.WAITING, None)
         return claim
+
+    def _settle(self, claim: Claim | None) -> Claim | None:
+        """A claim fixes this process's ports: a re-claim after LOST publishes the same."""
+        if claim is not None and self._choose_ports is not None:
+            self.record = replace(self.record, ports=claim.record.ports)
+            self._choose_ports = None
+        return claim
+
+    def _with_ports(self, record: SlotRecord, own: Iterable[Claim]) -> SlotRecord:
+        """``record`` with this node's ports, the earlier claim's preferred (sticky)."""
+        if self._choose_ports is None:
+            return record
+        earlier = next((c for c in own if c.record.node_id == record.node_id), None)
+        ports = self._choose_ports(earlier.record.ports if earlier is not None else {})
+        return replace(record, ports=dict(ports))
 
     def _claim_previous(self, pos: Position, record: SlotRecord) -> Claim | None:
         """After a LOST: the slot we held, if it is still free (one attempt)."""

@@ -30,6 +30,7 @@ from idstore.errors import ConfigError, IdstoreError, StoreUnavailable
 from idstore.http import OpsServer
 from idstore.metrics import Counters
 from idstore.mirror import PoolMirror
+from idstore.portpick import PortPicker
 from idstore.status import MemberInfo, NodeReport, NodeStatus, PoolUsage
 from idstore.systemd import Notifier
 from idstore.view import ClusterView
@@ -43,6 +44,7 @@ RELOADABLE_DNS = (
     "forward",
     "forward_timeout",
     "log_queries",
+    "transfer_allow",
 )
 
 # How long a process displaced by a duplicate identity keeps answering /status (state
@@ -74,12 +76,15 @@ class Node:
         self.reload_source = reload_source
         self.pool = settings.pool_settings()
         self.addresses = resolve_addresses(settings)
-        ports = {"app": self.pool.port} if self.pool.port else {}
+        self.ports = PortPicker(self.pool, self.addresses, settings.node_id)
+        # Fixed ports are published as they are; auto / range ones are chosen at start
+        # and again, sticky, before the first claim (the allocator asks self.ports).
+        fixed = {s.name: s.fixed for s in self.pool.ports if s.fixed is not None}
         self.record = SlotRecord(
             node_id=settings.node_id,
             nonce=uuid.uuid4().hex,
             addresses=self.addresses,
-            ports=ports,
+            ports=fixed,
         )
         self.store: SlotStore = backends.create(settings.backend, settings.store)
         self.view = ClusterView(settings.pools)
@@ -93,7 +98,14 @@ class Node:
         # Timed by the DNS server itself, one answer in N: timing every answer costs ~12 %.
         self.dns_durations = self.zone.stats.durations
         self.mirror = PoolMirror(self.store, [p.name for p in settings.pools])
-        self.allocator = Allocator(self.store, self.pool, self.record)
+        self.allocator = Allocator(
+            self.store,
+            self.pool,
+            self.record,
+            prefer_slot=settings.prefer_slot,
+            require=settings.prefer == "require",
+            choose_ports=self.ports.choose if self.ports.needed else None,
+        )
         self.dns = DnsServer(self.zone, settings.dns)
         self.started = time.monotonic()
         self._stop = asyncio.Event()
@@ -157,6 +169,10 @@ class Node:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.ports.needed:
+            # A range with no free port fails here (exit 1), before DNS or the store;
+            # the claim re-checks, preferring an earlier claim's port.
+            log.info("free ports now: %s", self.ports.choose())
         await self.dns.start()
         log.info("DNS for zone %s on %s", self.settings.dns.zone, _fmt_listen(self.dns.bound))
         try:
@@ -229,7 +245,7 @@ class Node:
         state = self.allocator.status.value if claim or self.allocator.claim is None else "lost"
         cluster = {
             p.name: tuple(
-                MemberInfo(m.pool, m.slot, m.name, m.addresses, m.node_id)
+                MemberInfo(m.pool, m.slot, m.name, m.addresses, m.node_id, dict(m.ports))
                 for _, m in sorted(self.view.members(p.name).items())
             )
             for p in self.settings.pools
@@ -240,6 +256,7 @@ class Node:
             name=self.pool.name_of(claim.slot) if claim else None,
             addresses=self.addresses,
             node_id=self.record.node_id,
+            ports=dict(claim.record.ports) if claim else {},
             state=state,
             store=self.store.state.value,
             backend=self.store.name,
@@ -339,7 +356,17 @@ class Node:
 def _needs_restart(running: Settings, new: Settings) -> list[str]:
     out = [
         key
-        for key in ("backend", "store", "pools", "pool", "node_id", "addresses", "http")
+        for key in (
+            "backend",
+            "store",
+            "pools",
+            "pool",
+            "node_id",
+            "addresses",
+            "http",
+            "prefer_slot",
+            "prefer",
+        )
         if getattr(running, key) != getattr(new, key)
     ]
     out += [f"dns.{k}" for k, v in vars(new.dns).items() if getattr(running.dns, k) != v]

@@ -25,6 +25,9 @@ class MemberInfo:
     name: str  # absolute: "worker3.tf.local."
     addresses: tuple[str, ...] = ()
     node_id: str = ""
+    # Published by the claim: name -> port (auto / range ports, fixed ones too). A claim
+    # of the previous release may publish none, or its one port as "app".
+    ports: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -32,13 +35,16 @@ class MemberInfo:
         return self.name.rstrip(".")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "pool": self.pool,
             "slot": self.slot,
             "name": self.name,
             "addresses": list(self.addresses),
             "node_id": self.node_id,
         }
+        if self.ports:  # only then: a pool without ports keeps the document it had
+            out["ports"] = dict(self.ports)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> MemberInfo:
@@ -48,6 +54,7 @@ class MemberInfo:
             name=str(d["name"]),
             addresses=tuple(str(a) for a in d.get("addresses", ())),
             node_id=str(d.get("node_id", "")),
+            ports={str(k): int(v) for k, v in dict(d.get("ports") or {}).items()},
         )
 
 
@@ -65,17 +72,20 @@ class NodeStatus:
     store: str  # connected / suspended / lost (idstore.backends.base.ConnectionState)
     backend: str
     cluster: Mapping[str, Sequence[MemberInfo]] = field(default_factory=dict)  # by slot
+    ports: Mapping[str, int] = field(default_factory=dict)  # this node's, as claimed
 
     @property
     def me(self) -> MemberInfo | None:
         """This node's own claim, when it holds one."""
         if self.slot is None:
             return None
-        return MemberInfo(self.pool, self.slot, self.name or "", self.addresses, self.node_id)
+        return MemberInfo(
+            self.pool, self.slot, self.name or "", self.addresses, self.node_id, self.ports
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The document served at /status (key order kept: people read it too)."""
-        return {
+        out: dict[str, Any] = {
             "pool": self.pool,
             "slot": self.slot,
             "name": self.name,
@@ -86,6 +96,9 @@ class NodeStatus:
             "backend": self.backend,
             "cluster": {pool: [m.to_json() for m in ms] for pool, ms in self.cluster.items()},
         }
+        if self.ports:  # as in MemberInfo.to_json: new keys only where there is something
+            out["ports"] = dict(self.ports)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> NodeStatus:
@@ -111,6 +124,7 @@ class NodeStatus:
                     str(pool): tuple(MemberInfo.from_json(m) for m in members)
                     for pool, members in dict(cluster).items()
                 },
+                ports={str(k): int(v) for k, v in dict(data.get("ports") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not an idstore /status document ({type(e).__name__}: {e})") from e

@@ -363,11 +363,6 @@ class SlotStore(abc.ABC):
     def _operation_ended(self) -> None:
         self._in_operation.active = False
 
-    def _count(self, n: int = 1) -> None:
-        """Transitional, does nothing: operations are counted by the base class now.
-        Only zookeeper.py still calls it; remove both once it drops those calls."""
-        return None
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in OPERATIONS:

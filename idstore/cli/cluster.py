@@ -7,9 +7,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
-from idstore import launch, logs
-from idstore.cli.common import EXIT_DUPLICATE, EXIT_FAIL, EXIT_OK, fail, settings_from
+from idstore import addresses, launch, logs
+from idstore.cli.common import EXIT_DUPLICATE, EXIT_FAIL, EXIT_OK, fail, settings_from, warn
 from idstore.cli.reader import cluster_reader
 from idstore.errors import ConfigError, StoreError
 from idstore.launch import Snapshot
@@ -25,11 +26,15 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     with cluster_reader(settings, explicit_http=args.http is not None) as read:
         snap = read()
     me = snap.me
-    out = {
+    pool = settings.pool_settings(me.pool if me else None)
+    ports = {s.name: pool.member_port(me.ports, s.name) for s in pool.ports} if me else {}
+    out: dict[str, Any] = {
         "pool": me.pool if me else snap.extra.get("pool", settings.pool),
         "slot": me.slot if me else None,
         "name": me.name if me else None,
         "addresses": list(me.addresses) if me else [],
+        "port": pool.member_port(me.ports) if me else None,
+        "ports": ports,
         "state": snap.state,
         "node_id": snap.node_id,
         "source": snap.source,
@@ -37,9 +42,11 @@ def cmd_whoami(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        for key in ("pool", "slot", "name", "addresses", "state", "node_id", "source"):
+        for key in ("pool", "slot", "name", "addresses", "port", "state", "node_id", "source"):
             value = out[key]
             text = ",".join(value) if isinstance(value, list) else value
+            if key == "port" and len(pool.ports) > 1 and me:
+                text = ",".join(f"{k}={v}" for k, v in ports.items())
             print(f"{key + ':':<11}{'-' if text in (None, '') else text}")
     if snap.state == DUPLICATE:
         fail(_duplicate_message(snap.node_id))
@@ -104,8 +111,18 @@ def cmd_env(args: argparse.Namespace) -> int:
     logs.setup("warning", settings.log_format)
     with cluster_reader(settings, explicit_http=args.http is not None) as read:
         snap = read()
+    if args.slots < 1:
+        raise ConfigError("--slots", args.slots, "must be at least 1")
+    ifname = None
+    if snap.me is not None and args.format in ("torchrun", "shell", "json"):
+        ifname = addresses.interface_of(snap.me.addresses)
+        if ifname is None:
+            warn(
+                f"no interface on this host holds {','.join(snap.me.addresses) or '-'}: "
+                f"{', '.join(launch.IFNAME_VARS)} left out"
+            )
     try:
-        sys.stdout.write(launch.render(args.format, settings.pools, snap))
+        sys.stdout.write(launch.render(args.format, settings.pools, snap, ifname, args.slots))
     except launch.NoSlot as e:
         fail(str(e))
         return EXIT_FAIL

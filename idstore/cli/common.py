@@ -29,12 +29,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "pool",
         "pattern",
         "limit",
+        "port",
         "ttl",
         "node_id",
         "log_level",
         "log_format",
         "http",
         "log_queries",
+        "prefer_slot",
+        "prefer",
     )
     cli: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     if getattr(args, "endpoints", None):

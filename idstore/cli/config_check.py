@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from idstore import config, corefile
@@ -15,7 +16,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if corefile.looks_like_corefile(args.file):
         settings = config.load(cli={}, environ={}, raw=read_corefile(args.file))
     else:
-        settings = config.load(cli={"config": args.file}, environ={})
+        # No IDSTORE_* overrides: the file alone is checked; but an env: slot hint is
+        # read where the node would read it.
+        settings = config.load(cli={"config": args.file}, environ={}, hints_from=os.environ)
     print(json.dumps(effective(settings), indent=2))
     return EXIT_OK
 
@@ -38,6 +41,7 @@ def effective(s: Settings) -> dict[str, Any]:
                 "limit": p.limit,
                 "first": p.first,
                 "port": p.port,
+                "ports": {s.name: s.text() for s in p.ports},
                 "service": p.service,
                 "protocol": p.protocol,
                 "names": f"{p.name_of(p.first)} .. {p.name_of(p.first + p.limit - 1)}",
@@ -50,4 +54,6 @@ def effective(s: Settings) -> dict[str, Any]:
         "http": f"{s.http[0]}:{s.http[1]}" if s.http else None,
         "log_level": s.log_level,
         "log_format": s.log_format,
+        "prefer_slot": s.prefer_slot,
+        "prefer": s.prefer,
     }

@@ -30,6 +30,11 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pool", help="the pool (role) this node joins; default: the first")
     g.add_argument("--pattern", help="name pattern of the pool, e.g. 'worker{{.ID}}.tf.local.'")
     g.add_argument("--limit", help="number of slots in the pool")
+    g.add_argument(
+        "--port",
+        help="the pool's (primary) port: a number, 'auto' (each node picks a free one) "
+        "or a range such as 20000-20999",
+    )
     g.add_argument("--ttl", help="session / lease TTL in seconds (default 10, at least 2)")
     g.add_argument("--node-id", dest="node_id", help="node identity (default: /etc/machine-id)")
     g.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
@@ -57,6 +62,18 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         "--http",
         help="HOST:PORT of the /health /ready /metrics /status listener (serve); "
         "whoami/wait/env ask the local server there instead of the store",
+    )
+    g.add_argument(
+        "--prefer-slot",
+        dest="prefer_slot",
+        help="slot to claim first: a number, env:NAME (SLURM_PROCID, JOB_COMPLETION_INDEX) "
+        "or file:PATH (a cloud launch index)",
+    )
+    g.add_argument(
+        "--prefer",
+        choices=("fallback", "require"),
+        help="when another node holds the preferred slot: take a place in line "
+        "(fallback, default) or wait for that slot (require)",
     )
     g.add_argument(
         "--log-queries",
@@ -87,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", "-t", type=float, help="give up after S seconds (exit 1)")
     wait.set_defaults(func=cmd_wait)
 
-    env = sub.add_parser("env", help="TF_CONFIG, torchrun values or shell exports")
+    env = sub.add_parser(
+        "env", help="TF_CONFIG, torchrun values, shell exports, a hostfile or JSON"
+    )
     _node_flags(env)
     env.add_argument("--format", "-f", choices=launch.FORMATS, default="shell")
+    env.add_argument(
+        "--slots", type=int, default=1, help="hostfile: slots (GPUs, processes) per host"
+    )
     env.set_defaults(func=cmd_env)
 
     lst = sub.add_parser("list", help="print every claim of every pool")

@@ -88,7 +88,14 @@ def snapshot_from_store(settings: Settings, store: SlotStore) -> Snapshot:
     for p in settings.pools:
         claims = sorted(store.list(p.name).claims.values(), key=lambda c: c.slot)
         members[p.name] = [
-            MemberInfo(p.name, c.slot, p.name_of(c.slot), c.record.addresses, c.record.node_id)
+            MemberInfo(
+                p.name,
+                c.slot,
+                p.name_of(c.slot),
+                c.record.addresses,
+                c.record.node_id,
+                dict(c.record.ports),
+            )
             for c in claims
             if c.slot in p.slots()
         ]

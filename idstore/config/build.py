@@ -7,6 +7,7 @@ and what is allowed; the ``[dns]`` table is checked by idstore.config.dns.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from typing import Any
 
 from idstore.backends.base import MIN_TTL, StoreOptions
 from idstore.config.dns import dns_settings
+from idstore.config.hints import prefer_mode, prefer_slot
+from idstore.config.ports import pool_ports
 from idstore.config.schema import (
     DEFAULT_PATTERN,
     POOL_KEYS,
@@ -28,7 +31,8 @@ from idstore.errors import ConfigError
 from idstore.pattern import Pattern
 
 
-def build(raw: dict[str, Any]) -> Settings:
+def build(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Checked Settings; ``environ`` is where ``prefer_slot = "env:NAME"`` looks."""
     check_known(raw, TOP_KEYS, "")
     backend = str(raw.get("backend", "memory"))
     ttl = as_float(raw.get("ttl", 10.0), "ttl", 0.0)
@@ -55,6 +59,12 @@ def build(raw: dict[str, Any]) -> Settings:
     log_format = str(raw.get("log_format", "text"))
     if log_format not in ("text", "json"):
         raise ConfigError("log_format", log_format, "must be text or json")
+    hint = prefer_slot(
+        raw.get("prefer_slot"),
+        "prefer_slot",
+        os.environ if environ is None else environ,
+        next(p for p in pools if p.name == pool).slots(),
+    )
     return Settings(
         backend=backend,
         store=store,
@@ -67,6 +77,8 @@ def build(raw: dict[str, Any]) -> Settings:
         log_level=log_level,
         log_format=log_format,
         state_dir=str(raw["state_dir"]) if raw.get("state_dir") else None,
+        prefer_slot=hint,
+        prefer=prefer_mode(raw.get("prefer", "fallback"), "prefer"),
     )
 
 
@@ -128,15 +140,31 @@ def pool_table(raw: Mapping[str, Any]) -> tuple[PoolSettings, ...]:
         limit = as_int(body.get("limit", 64), where + "limit", 1, 1_000_000)
         first = as_int(body.get("first", 0), where + "first", 0)
         pattern.validate(first, limit, where + "pattern")
-        port = as_int(body["port"], where + "port", 1, 65535) if "port" in body else None
+        _check_zone_above(pattern, first, where + "pattern")
         service = str(body.get("service", "grpc"))
         protocol = str(body.get("protocol", "tcp"))
         for key, val in (("service", service), ("protocol", protocol)):
             if not re.match(r"^[a-z0-9][a-z0-9-]{0,14}$", val):
                 raise ConfigError(where + key, val, "must be a short lower-case label, e.g. grpc")
-        pools.append(PoolSettings(name, pattern, limit, first, port, service, protocol))
+        ports, service = pool_ports(body, where, service, "service" in body)
+        primary = next((s for s in ports if s.name == service), None)
+        port = primary.fixed if primary is not None else None
+        pools.append(PoolSettings(name, pattern, limit, first, port, service, protocol, ports))
     _check_disjoint(pools)
     return tuple(pools)
+
+
+def _check_zone_above(pattern: Pattern, first: int, key: str) -> None:
+    """``w{{.ID}}`` would make idstore authoritative for the root zone, answering
+    NXDOMAIN for every name on the Internet: a name needs a domain above it."""
+    name = pattern.render(first)
+    if name.count(".") < 2:
+        raise ConfigError(
+            key,
+            pattern.source,
+            f"renders {name!r}, a name with no zone above it (idstore would answer for "
+            "every domain); add one, e.g. 'worker{{.ID}}.cluster.internal.'",
+        )
 
 
 def _check_disjoint(pools: list[PoolSettings]) -> None:

@@ -7,6 +7,7 @@ name in DNS_KEYS and its check in dns_settings().
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,10 +25,13 @@ MAX_UDP = 1232  # RFC 9715 / DNS flag day 2020: the largest UDP reply we ever se
 @dataclass(frozen=True)
 class DnsSettings:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5353),)
-    zone: str = "idstore.local."
+    zone: str = "idstore.internal."
     ttl: int = 5  # TTL of positive answers
     negative_ttl: int = 5  # SOA minimum: how long resolvers cache NXDOMAIN / NODATA
-    reverse_zones: tuple[str, ...] = ()  # e.g. "2.0.192.in-addr.arpa."
+    reverse_zones: tuple[str, ...] = ()
+    # reverse_zones not set: PTR for every published address, in zones derived from the
+    # claims (idstore.dns.reverse); set (even to []) it is exactly what is served
+    reverse_auto: bool = True  # e.g. "2.0.192.in-addr.arpa."
     forward: tuple[str, ...] = ()  # upstream resolvers ("host" or "host:port")
     forward_timeout: float = 2.0
     stale_ttl: int = 30  # answer TTL while serving a stale view (RFC 8767)
@@ -40,6 +44,7 @@ class DnsSettings:
     # back this long, so live nodes re-claim before anyone answers NXDOMAIN for them
     # (idstore.continuity); 0 = off.
     reclaim_grace: float = 5.0
+    transfer_allow: tuple[str, ...] = ()  # networks allowed AXFR over TCP; none by default
 
 
 DNS_KEYS = {
@@ -57,6 +62,7 @@ DNS_KEYS = {
     "rrl_per_second",
     "log_queries",
     "reclaim_grace",
+    "transfer_allow",
 }
 
 
@@ -97,6 +103,7 @@ def dns_settings(table: Any, pools: Sequence[PoolSettings]) -> DnsSettings:
         ttl=as_int(table.get("ttl", 5), "dns.ttl", 0, 86400),
         negative_ttl=as_int(table.get("negative_ttl", 5), "dns.negative_ttl", 0, 86400),
         reverse_zones=reverse,
+        reverse_auto="reverse_zones" not in table,
         forward=forward,
         forward_timeout=as_float(table.get("forward_timeout", 2.0), "dns.forward_timeout", 0.1),
         stale_ttl=as_int(table.get("stale_ttl", 30), "dns.stale_ttl", 0, 30),
@@ -110,4 +117,16 @@ def dns_settings(table: Any, pools: Sequence[PoolSettings]) -> DnsSettings:
         rrl_per_second=as_int(table.get("rrl_per_second", 0), "dns.rrl_per_second", 0),
         log_queries=bool(table.get("log_queries", False)),
         reclaim_grace=as_float(table.get("reclaim_grace", 5.0), "dns.reclaim_grace", 0.0),
+        transfer_allow=_networks(table.get("transfer_allow", []), "dns.transfer_allow"),
     )
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    """Networks (``10.0.0.0/8``, ``fd00::/8``, or one address) in canonical form."""
+    out = []
+    for text in str_list(value, key):
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError as e:
+            raise ConfigError(key, text, f"not an IP network: {e}") from None
+    return tuple(out)

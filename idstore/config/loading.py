@@ -34,6 +34,8 @@ ENV_VARS = {
     "log_level": "IDSTORE_LOG_LEVEL",
     "log_format": "IDSTORE_LOG_FORMAT",
     "log_queries": "IDSTORE_LOG_QUERIES",
+    "prefer_slot": "IDSTORE_PREFER_SLOT",
+    "prefer": "IDSTORE_PREFER",
 }
 _LIST_OVERRIDES = {"endpoints", "address", "listen"}
 
@@ -65,8 +67,11 @@ def load(
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     raw: Mapping[str, Any] | None = None,
+    hints_from: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Settings from a file's table (``raw``, or the file named by config), env and CLI."""
+    """Settings from a file's table (``raw``, or the file named by config), env and CLI.
+
+    ``prefer_slot = "env:NAME"`` reads ``hints_from`` (default: ``environ``)."""
     cli = {k: v for k, v in (cli or {}).items() if v is not None and v != []}
     env = env_overrides(os.environ if environ is None else environ)
     flat = {**env, **cli}
@@ -74,7 +79,9 @@ def load(
         path = flat.get("config")
         raw = read_file(path) if path else {}
     merged = _apply_overrides(_deep_copy(raw), flat)
-    return build(merged)
+    if hints_from is None:
+        hints_from = os.environ if environ is None else environ
+    return build(merged, hints_from)
 
 
 def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,7 +89,18 @@ def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _apply_overrides(raw: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    for key in ("backend", "pool", "ttl", "node_id", "http", "cluster", "log_level", "log_format"):
+    for key in (
+        "backend",
+        "pool",
+        "ttl",
+        "node_id",
+        "http",
+        "cluster",
+        "log_level",
+        "log_format",
+        "prefer_slot",
+        "prefer",
+    ):
         if key in flat:
             raw[key] = flat[key]
     if "endpoints" in flat:
@@ -95,7 +113,7 @@ def _apply_overrides(raw: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, 
         value = flat["log_queries"]
         on = value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
         raw.setdefault("dns", {})["log_queries"] = on
-    if "pattern" in flat or "limit" in flat:
+    if "pattern" in flat or "limit" in flat or "port" in flat:
         pools = raw.setdefault("pools", {})
         if not isinstance(pools, dict):
             raise ConfigError("pools", pools, "must be a table of pools, e.g. [pools.worker]")
@@ -104,7 +122,13 @@ def _apply_overrides(raw: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, 
             name = pool_name_from_pattern(str(flat.get("pattern", DEFAULT_PATTERN)))
             raw.setdefault("pool", name)
         pool = pools.setdefault(name, {})
-        for key in ("pattern", "limit"):
+        for key in ("pattern", "limit", "port"):
             if key in flat:
                 pool[key] = flat[key]
+        if "port" in flat and isinstance(pool.get("ports"), dict):
+            # --port sets the primary port of a pool that names several
+            ports = dict(pool.pop("ports"))
+            primary = str(pool.get("service") or "")
+            primary = primary if primary in ports else next(iter(ports))
+            pool["ports"] = {**ports, primary: pool.pop("port")}
     return raw

@@ -6,14 +6,21 @@ in idstore.config.loading and idstore.config.build.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from idstore.backends.base import StoreOptions
 from idstore.config.dns import DnsSettings
+from idstore.config.ports import PortSpec
 from idstore.errors import ConfigError
 from idstore.pattern import Pattern
 
-DEFAULT_PATTERN = "node{{.ID}}.idstore.local."
+# .internal: reserved by ICANN (2024) for private use. Not .local, which belongs to
+# multicast DNS (RFC 6762): with nss-mdns or systemd-resolved's mDNS a host may never
+# ask idstore about a .local name. tf.local in a user's own pattern still works.
+DEFAULT_PATTERN = "node{{.ID}}.idstore.internal."
+# The name under which the previous release published a pool's one port in its claims.
+LEGACY_PORT_NAME = "app"
 
 
 @dataclass(frozen=True)
@@ -24,9 +31,35 @@ class PoolSettings:
     pattern: Pattern
     limit: int
     first: int = 0
-    port: int | None = None  # the application's port, published in SRV records
-    service: str = "grpc"  # SRV owner: _<service>._<protocol>.<pool>.<zone>
+    # The primary port's number when it is fixed (the same on every node); None when it
+    # is chosen per node ("auto", a range) or not set: then each claim publishes its own.
+    port: int | None = None
+    # The primary port's name, SRV owner: _<service>._<protocol>.<pool>.<zone>
+    service: str = "grpc"
     protocol: str = "tcp"
+    ports: tuple[PortSpec, ...] = ()  # every named port, the primary among them
+
+    def __post_init__(self) -> None:
+        # Made with a fixed ``port`` only (as before named ports existed): that port is
+        # the pool's one named port, so every reader can go by ``ports``.
+        if self.port is not None and not self.ports:
+            object.__setattr__(self, "ports", (PortSpec(self.service, fixed=self.port),))
+
+    def port_spec(self, name: str | None = None) -> PortSpec | None:
+        wanted = name or self.service
+        return next((s for s in self.ports if s.name == wanted), None)
+
+    def member_port(self, published: Mapping[str, int], name: str | None = None) -> int | None:
+        """A member's port ``name`` (default: the primary): the one its claim publishes,
+        else the pool's fixed number. A claim of the previous release publishes its one
+        port as ``app``."""
+        wanted = name or self.service
+        if wanted in published:
+            return published[wanted]
+        if wanted == self.service and LEGACY_PORT_NAME in published:
+            return published[LEGACY_PORT_NAME]
+        spec = self.port_spec(wanted)
+        return spec.fixed if spec is not None else None
 
     def slots(self) -> range:
         return range(self.first, self.first + self.limit)
@@ -48,6 +81,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     state_dir: str | None = None
+    prefer_slot: int | None = None  # the slot this node tries first (a scheduler's index)
+    prefer: str = "fallback"  # hinted slot held by another: "fallback" in line, or "require"
 
     def pool_settings(self, name: str | None = None) -> PoolSettings:
         wanted = name or self.pool
@@ -76,9 +111,11 @@ TOP_KEYS = {
     "log_level",
     "log_format",
     "state_dir",
+    "prefer_slot",
+    "prefer",
     "pools",
     "dns",
     "store",
 }
-POOL_KEYS = {"pattern", "limit", "first", "port", "service", "protocol"}
+POOL_KEYS = {"pattern", "limit", "first", "port", "ports", "service", "protocol"}
 STORE_KEYS = {"tls_ca", "tls_cert", "tls_key", "username", "password", "etcd", "zookeeper"}

@@ -6,6 +6,14 @@ Each relayed query goes out with a fresh random ID from a fresh socket (a random
 port), so an off-path attacker cannot easily spoof the upstream's reply; the reply is
 sent back with the client's own ID. UDP first; on TC=1 the query is retried over TCP.
 Replies are not cached.
+
+An upstream reply is checked before it is relayed: only a response whose question is
+the client's (name ignoring case, type, class) counts, so a confused or spoofed reply is
+dropped instead of handed on. The question must first equal the client's question octet
+for octet but for case (no compression: a question has nothing earlier to point at);
+only then does dnslib parse the header and question, so a hostile reply cannot make
+dnslib's recursive name decoder spin (see idstore.dns.wire). The records are relayed
+verbatim: the client parses them, idstore has no use for them.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ import secrets
 import struct
 from collections.abc import Iterable
 
+from dnslib import DNSBuffer, DNSHeader, DNSQuestion
+
 from idstore.config import parse_hostport
+from idstore.dns import records, wire
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +81,7 @@ class Forwarder:
             except (OSError, TimeoutError, EOFError) as e:
                 log.debug("forwarder %s:%d failed: %r", host, port, e)
                 continue
-            if reply is not None:
+            if reply is not None and answers_query(reply, query):
                 return query[:2] + reply[2:]
         return None
 
@@ -101,6 +112,28 @@ class Forwarder:
             raise EOFError("upstream closed the TCP connection") from e
         finally:
             writer.close()
+
+
+def answers_query(reply: bytes, query: bytes) -> bool:
+    """Is ``reply`` a response to ``query``'s question? (``query`` passed the guard.)"""
+    try:
+        q = wire.parse_query(query)
+    except wire.BadQuery:
+        return False
+    if len(reply) < q.end or reply[4:6] != b"\x00\x01":
+        return False
+    if reply[12 : q.end].lower() != query[12 : q.end].lower():
+        return False
+    try:
+        buf = DNSBuffer(reply)
+        header = DNSHeader.parse(buf)
+        question = DNSQuestion.parse(buf)
+    except Exception as e:  # dnslib raises more than DNSError
+        log.debug("unusable upstream reply: %r", e)
+        return False
+    name = tuple(label.lower() for label in question.qname.label)
+    return (bool(header.qr) and header.opcode == 0 and question.qtype == q.qtype
+            and question.qclass == q.qclass and name == records.labels(q.qname).label)  # fmt: skip
 
 
 def system_nameservers(

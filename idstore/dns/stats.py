@@ -40,8 +40,8 @@ class DurationHistogram:
     Timing costs two clock reads and a bucket search per answer, a few percent of the
     cached UDP path; so the server times one answer in ``every`` (1 = all) and each
     observation stands for ``every`` answers: bucket counts, count and sum are estimates
-    scaled by ``every`` (exact when every = 1). ``samples()`` has the shape of
-    ``idstore.metrics.Histogram.samples()``.
+    scaled by ``every`` (exact when every = 1). ``samples()`` has the shape
+    ``idstore.metrics.histogram_family`` renders.
     """
 
     def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS, every: int = 1) -> None:

@@ -22,11 +22,13 @@ AAAA = 28
 SRV = 33
 OPT = 41
 IXFR = 251
+TSIG = 250
 AXFR = 252
 ANY = 255
 
 TYPE_NAMES = {A: "A", NS: "NS", SOA: "SOA", PTR: "PTR", TXT: "TXT", AAAA: "AAAA",
-              SRV: "SRV", OPT: "OPT", IXFR: "IXFR", AXFR: "AXFR", ANY: "ANY"}  # fmt: skip
+              SRV: "SRV", OPT: "OPT", TSIG: "TSIG", IXFR: "IXFR", AXFR: "AXFR",
+              ANY: "ANY"}  # fmt: skip
 
 CLASS_IN = 1
 
@@ -37,11 +39,13 @@ SERVFAIL = 2
 NXDOMAIN = 3
 NOTIMP = 4
 REFUSED = 5
+NOTAUTH = 9
 BADVERS = 16
+BADKEY = 17  # a TSIG error (RFC 8945), carried in the TSIG record, not the header
 
 RCODE_NAMES = {NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL",
                NXDOMAIN: "NXDOMAIN", NOTIMP: "NOTIMP", REFUSED: "REFUSED",
-               BADVERS: "BADVERS"}  # fmt: skip
+               NOTAUTH: "NOTAUTH", BADVERS: "BADVERS"}  # fmt: skip
 
 # Header flag bits
 QR = 0x8000
@@ -71,7 +75,7 @@ class BadQuery(Exception):
 class Query:
     """What the hot path needs from a parsed query."""
 
-    __slots__ = ("do", "edns", "end", "flags", "nsid", "qclass", "qname", "qtype",
+    __slots__ = ("do", "edns", "end", "flags", "nsid", "qclass", "qname", "qtype", "tsig",
                  "udp_size", "version")  # fmt: skip
 
     def __init__(self) -> None:
@@ -85,6 +89,9 @@ class Query:
         self.version = 0
         self.do = False
         self.nsid = False
+        # A TSIG record's (key name, algorithm, time signed + fudge): no key is
+        # configured, so a signed query gets NOTAUTH/BADKEY (RFC 8945 5.2.1).
+        self.tsig: tuple[bytes, bytes, bytes] | None = None
 
 
 def parse_query(data: bytes) -> Query:
@@ -152,6 +159,10 @@ def _parse_additional(data: bytes, pos: int, count: int, q: Query) -> None:
             q.version = (ttl >> 16) & 0xFF
             q.do = bool(ttl & 0x8000)
             q.nsid = _has_nsid(data, pos, pos + rdlen)
+        elif rtype == TSIG:
+            if pos + rdlen != n:
+                raise BadQuery(FORMERR, "TSIG is not the last record")
+            q.tsig = (read_name(data, owner), *_tsig_fields(data, pos, pos + rdlen))
         pos += rdlen
     if pos != n:
         raise BadQuery(FORMERR, "trailing bytes after the last record")
@@ -175,6 +186,47 @@ def _skip_name(data: bytes, pos: int) -> int:
         if pos - start >= MAX_NAME_WIRE:
             raise BadQuery(FORMERR, "name longer than 255 octets")
     raise BadQuery(FORMERR, "name runs past the end")
+
+
+def read_name(data: bytes, pos: int) -> bytes:
+    """The uncompressed wire form of the name at ``pos``, lower-cased. Pointers must
+    point strictly backward, so each hop moves toward the start and the walk ends."""
+    out = bytearray()
+    n = len(data)
+    limit = pos
+    while pos < n:
+        length = data[pos]
+        if length == 0:
+            out.append(0)
+            return bytes(out).lower()
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > n:
+                break
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= limit:
+                raise BadQuery(FORMERR, "compression pointer not strictly backward")
+            pos = limit = target
+            continue
+        if length > 63:
+            break
+        out += data[pos : pos + length + 1]
+        pos += length + 1
+        if len(out) >= MAX_NAME_WIRE:
+            raise BadQuery(FORMERR, "name longer than 255 octets")
+    raise BadQuery(FORMERR, "bad name")
+
+
+def _tsig_fields(data: bytes, pos: int, end: int) -> tuple[bytes, bytes]:
+    """Algorithm name (as written) and the 8 octets of time signed and fudge."""
+    start = pos
+    while pos < end and data[pos]:
+        if data[pos] > 63:
+            raise BadQuery(FORMERR, "compressed or bad TSIG algorithm name")
+        pos += data[pos] + 1
+    pos += 1
+    if pos + 10 > end or pos - start > MAX_NAME_WIRE:
+        raise BadQuery(FORMERR, "TSIG record truncated")
+    return data[start:pos], data[pos : pos + 8]
 
 
 def _has_nsid(data: bytes, pos: int, end: int) -> bool:
@@ -244,73 +296,3 @@ def is_subdomain(wire: bytes, apex: bytes) -> bool:
     if not wire.endswith(apex):
         return False
     return (len(wire) - len(apex)) in label_offsets(wire)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-class Writer:
-    """Builds a response body with name compression.
-
-    The question always sits at offset 12 and has the same length in every query that
-    maps to this answer (only its letter case differs), so a body written here can be
-    reused after any such question: compression pointers into the question stay valid.
-    """
-
-    def __init__(self, qname: bytes, qsuffix_len: int = 4) -> None:
-        self.buf = bytearray()
-        self.base = 12 + len(qname) + qsuffix_len  # offset of the body in the message
-        self._names: dict[bytes, int] = {}
-        for off in label_offsets(qname)[:-1]:
-            self._names[qname[off:]] = 12 + off
-
-    def __len__(self) -> int:
-        return len(self.buf)
-
-    def name(self, wire: bytes, compress: bool = True) -> None:
-        """Write a name; ``compress`` False for fields that must not be (SRV target)."""
-        start = self.base + len(self.buf)
-        offsets = label_offsets(wire)[:-1]
-        literal = len(wire)  # how much of the name is written out in full
-        for off in offsets if compress else ():
-            at = self._names.get(wire[off:])
-            if at is not None:
-                literal = off
-                break
-        if literal == len(wire):
-            self.buf += wire
-        else:
-            self.buf += wire[:literal]
-            self.buf += struct.pack(">H", 0xC000 | self._names[wire[literal:]])
-        # Later names may point at any suffix written out literally here.
-        for off in offsets:
-            if off >= literal:
-                break
-            if start + off < 0x3FFF:
-                self._names.setdefault(wire[off:], start + off)
-
-    def rr(self, owner: bytes, rtype: int, ttl: int, rdata: bytes | None = None) -> int:
-        """Write an RR header (and ``rdata`` if given); returns where RDLENGTH sits."""
-        self.name(owner)
-        self.buf += _RR_FIXED.pack(rtype, CLASS_IN, ttl, 0)
-        at = len(self.buf) - 2
-        if rdata is not None:
-            self.buf += rdata
-            self.end_rdata(at)
-        return at
-
-    def end_rdata(self, rdlen_at: int) -> None:
-        struct.pack_into(">H", self.buf, rdlen_at, len(self.buf) - rdlen_at - 2)
-
-    def truncate(self, size: int) -> None:
-        """Drop everything written after ``size`` (and the names remembered there)."""
-        del self.buf[size:]
-        limit = self.base + size
-        self._names = {k: v for k, v in self._names.items() if v < limit}
-
-
-def opt_record(udp_size: int, ext_rcode: int = 0, do: bool = False, nsid: bytes = b"") -> bytes:
-    """An OPT pseudo-record; ``nsid`` non-empty adds the NSID option (RFC 5001)."""
-    options = struct.pack(">HH", OPT_NSID, len(nsid)) + nsid if nsid else b""
-    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
-    return b"\x00" + _RR_FIXED.pack(OPT, udp_size, ttl, len(options)) + options

@@ -35,6 +35,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsig
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,13 @@ from tests.harness.nodes import HOST, NodeProcess
 from tests.unit.test_dns_zone import make_zone
 
 pytestmark = pytest.mark.faults
+
+ANY_KEY = dns.tsig.Key("any.key.", b"0" * 32)
+# A well-formed TSIG RDATA (made-up MAC): algorithm, time, fudge, MAC, original ID, error.
+TSIG_RDATA = b"\x0bhmac-sha256\x00" + b"\x00\x00\x65\x00\x00\x00\x01\x2c" + (
+    b"\x00\x04abcd\x12\x34\x00\x00\x00\x00"
+)
+
 
 TARGET_INPUTS = 100_000
 BATCH = 100  # inputs fed per hypothesis example
@@ -124,9 +132,9 @@ def structured_queries(draw: st.DrawFn) -> bytes:
             udp = draw(st.sampled_from([0, 511, 512, 1232, 1400, 4096, 65535]))
             version = draw(st.sampled_from([0, 0, 0, 1, 255]))
             additional.append(opt_rr(udp, version, draw(st.booleans()), opts))
-        elif kind == "rr":  # e.g. a TSIG-like record with a pointer owner
+        elif kind == "rr":  # a TSIG record (well-formed or not), often with a pointer owner
             owner = draw(st.sampled_from([b"\x00", b"\xc0\x0c", b"\x01a\x00", b"\xc0\xff"]))
-            rdata = draw(st.binary(max_size=20))
+            rdata = draw(st.one_of(st.binary(max_size=20), st.just(TSIG_RDATA)))
             additional.append(owner + struct.pack(">HHIH", 250, 255, 0, len(rdata)) + rdata)
         else:
             additional.append(draw(st.binary(max_size=12)))
@@ -259,6 +267,15 @@ class Checker:
         assert reply[2] & 0x80, "reply without QR"
         assert (reply[2] >> 3) & 0xF == (packet[2] >> 3) & 0xF, "opcode not echoed"
         assert len(reply) <= (65535 if proto == "tcp" else MAX_UDP), "reply too long"
+        if reply[3] & 0xF == w.NOTAUTH:
+            # A TSIG-signed query under a key we do not have: TSIG error BADKEY, unsigned
+            # (dnspython reads every record before the TSIG, which must come last).
+            with pytest.raises(dns.tsig.PeerBadKey):
+                dns.message.from_wire(reply, keyring=ANY_KEY, ignore_trailing=False)
+            q = w.parse_query(packet)
+            assert q.tsig is not None and reply[12 : q.end] == packet[12 : q.end]
+            self.rcodes["NOTAUTH"] += 1
+            return
         msg = dns.message.from_wire(reply, ignore_trailing=False)  # raises if malformed
         self.rcodes[dns.rcode.to_text(msg.rcode())] += 1
         try:

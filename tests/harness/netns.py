@@ -8,6 +8,12 @@ everything is removed by ``close()`` (idempotent, also registered with ``atexit`
 after a failure. Nothing is configured outside the namespaces and the bridge this module
 creates. Needs root (``ip netns``).
 
+The bridge's MAC address is set once: a Linux bridge otherwise takes the lowest MAC of
+its ports, so adding or removing a veth mid-test could change it and cut every host off
+for 10-17 s. ``host_file(i, name, text)`` writes ``/etc/netns/<ns>/<name>``, which
+``ip netns exec`` bind-mounts over ``/etc/<name>``: a host's own ``resolv.conf`` (its
+system resolver) or ``machine-id``; removed by ``close()``.
+
 ``link_down(i)`` / ``link_up(i)`` cut and restore host ``i``'s cable (the host-side veth),
 which blackholes its traffic like a real partition: no reset, no error, just silence.
 
@@ -45,6 +51,7 @@ from tests.harness.zk_server import Ports, ZooKeeperServer, _Member, free_port
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/var/run/netns")
+NETNS_ETC = Path("/etc/netns")  # per-namespace files that `ip netns exec` mounts over /etc
 SUBNET_BASE = "10.213"
 
 
@@ -128,6 +135,9 @@ class NetnsLab:
 
     def _create(self, size: int) -> None:
         ip("link", "add", self.bridge, "type", "bridge")
+        # Locally administered, unique per run: see the module docstring.
+        mac = "02:1d:" + ":".join(self.run_id[i : i + 2] for i in range(0, 6, 2)) + ":01"
+        ip("link", "set", self.bridge, "address", mac)
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for i in range(size):
@@ -153,6 +163,12 @@ class NetnsLab:
     def link_up(self, i: int) -> None:
         ip("link", "set", self.hosts[i].veth, "up")
 
+    def host_file(self, i: int, name: str, text: str) -> None:
+        """``/etc/<name>`` as seen by processes started with ``exec_prefix(i)``."""
+        folder = NETNS_ETC / self.hosts[i].ns
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
     def exec_prefix(self, i: int) -> list[str]:
         return ["ip", "netns", "exec", self.hosts[i].ns]
 
@@ -169,6 +185,11 @@ class NetnsLab:
                     os.kill(int(pid), signal.SIGKILL)
             ip("netns", "del", host.ns, check=False)
             ip("link", "del", host.veth, check=False)
+            folder = NETNS_ETC / host.ns
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    f.unlink()
+                folder.rmdir()
         ip("link", "del", self.bridge, check=False)
 
     def __enter__(self) -> NetnsLab:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import struct
@@ -10,9 +11,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -21,6 +24,7 @@ import pytest
 
 from idstore.config import DnsSettings
 from idstore.dns import DnsServer, Zone
+from tests.harness.nodes import free_dns_port, wait_for
 from tests.unit.test_dns_zone import member, ps_pool, worker_pool
 
 DIG = shutil.which("dig")
@@ -288,3 +292,145 @@ def test_dig(start_server: ServerFactory) -> None:
     assert "status: NXDOMAIN" in dig(addr, "nope.tf.local.")
     assert "status: REFUSED" in dig(addr, "example.com.")
     assert dig(addr, "+short", "-x", "192.0.2.12").split() == ["worker2.tf.local."]
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed")
+def test_dig_standards(start_server: ServerFactory) -> None:
+    """What dig 9.18 shows of EDE (RFC 8914), NOTIMP (RFC 8906), BADKEY (RFC 8945) and
+    DNS-SD (RFC 6763)."""
+    _, zone, addr = start_server(n=3, max_stale=100.0)
+    now = time.monotonic()
+    zone.set_stale(now)
+    out = dig(addr, "worker1.tf.local.")
+    assert "status: NOERROR" in out and "; EDE: 3 (Stale Answer)" in out
+    zone.set_stale(now - 101)
+    out = dig(addr, "worker1.tf.local.")
+    assert "status: SERVFAIL" in out and "; EDE: 22 (No Reachable Authority)" in out
+    zone.set_stale(None)
+    assert "EDE" not in dig(addr, "worker1.tf.local.")
+    out = dig(addr, "+opcode=status", "+cd", "worker1.tf.local.")
+    assert "opcode: STATUS, status: NOTIMP" in out and ";; flags: qr;" in out
+    key = "hmac-sha256:bogus.key:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
+    out = dig(addr, "-y", key, "worker1.tf.local.")
+    assert "status: NOTAUTH" in out and "BADKEY" in out
+    types = dig(addr, "+short", "PTR", "_services._dns-sd._udp.tf.local.")
+    assert "_grpc._tcp.tf.local." in types.split()
+    instances = dig(addr, "+short", "PTR", "_grpc._tcp.tf.local.").split()
+    assert instances == [f"worker-{i}._grpc._tcp.tf.local." for i in range(3)]
+    srv = dig(addr, "+short", "SRV", "worker-1._grpc._tcp.tf.local.")
+    assert srv.split() == ["0", "1", "2222", "worker1.tf.local."]
+
+
+# --------------------------------------------------------------------------- AXFR
+
+
+def axfr_records(out: str) -> list[tuple[str, str, str]]:
+    """(owner, type, rdata) of every record in dig's AXFR output, in order."""
+    rows = []
+    for line in out.splitlines():
+        if line.startswith(";") or not line.strip():
+            continue
+        owner, _ttl, _cls, rtype, rdata = line.split(None, 4)
+        rows.append((owner, rtype, rdata))
+    return rows
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed")
+def test_dig_axfr_from_an_allowed_client(start_server: ServerFactory) -> None:
+    _, zone, addr = start_server(n=300, transfer_allow=("127.0.0.0/8",))
+    rows = axfr_records(dig(addr, "AXFR", "tf.local."))
+    assert rows[0][1] == "SOA" and rows[-1][1] == "SOA" and rows[0] == rows[-1]
+    assert int(rows[0][2].split()[2]) == zone.serial
+    kinds = {(owner, rtype) for owner, rtype, _ in rows}
+    assert ("worker245.tf.local.", "A") in kinds and ("worker0.tf.local.", "TXT") in kinds
+    assert ("tf.local.", "NS") in kinds and ("ns.tf.local.", "A") in kinds
+    srv = [r for r in rows if r[1] == "SRV" and r[0] == "_grpc._tcp.worker.tf.local."]
+    assert len(srv) == 300  # the whole pool, over several messages
+    assert ("_grpc._tcp.tf.local.", "PTR", "worker-7._grpc._tcp.tf.local.") in rows
+    reverse = axfr_records(dig(addr, "AXFR", "2.0.192.in-addr.arpa."))
+    assert ("12.2.0.192.in-addr.arpa.", "PTR", "worker2.tf.local.") in reverse
+    # The serial grows with every change of the view.
+    before = zone.serial
+    zone.update([("worker", 400, member(400))])
+    assert axfr_records(dig(addr, "AXFR", "tf.local."))[0][2].split()[2] == str(before + 1)
+
+
+@pytest.mark.skipif(DIG is None, reason="dig is not installed")
+def test_axfr_refused_outside_the_allow_list_and_over_udp(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, _, addr = start_server(n=3, transfer_allow=("10.0.0.0/8",))
+    caplog.set_level(logging.WARNING, logger="idstore.dns.transfer")
+    for _ in range(3):
+        assert "Transfer failed" in dig(addr, "AXFR", "tf.local.")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1, "logged at most once a minute per client"
+    q = dns.message.make_query("tf.local.", "AXFR")
+    r = dns.query.udp(q, addr[0], port=addr[1], timeout=3)
+    assert r.rcode() == dns.rcode.REFUSED
+    _, _, default = start_server(n=3)  # no dns.transfer_allow: nobody may transfer
+    assert tcp(default, "tf.local.", "AXFR").rcode() == dns.rcode.REFUSED
+
+
+NSD = shutil.which("nsd") or ("/usr/sbin/nsd" if Path("/usr/sbin/nsd").exists() else None)
+
+
+def nsd_secondary_config(workdir: Path, port: int, primary: tuple[str, int]) -> Path:
+    conf = workdir / "nsd.conf"
+    conf.write_text(f"""server:
+  ip-address: 127.0.0.1@{port}
+  port: {port}
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "{workdir}"
+  pidfile: "{workdir}/nsd.pid"
+  database: ""
+  zonelistfile: "{workdir}/zone.list"
+  xfrdfile: "{workdir}/xfrd.state"
+  xfrdir: "{workdir}"
+  logfile: "{workdir}/nsd.log"
+  verbosity: 1
+remote-control:
+  control-enable: no
+zone:
+  name: tf.local.
+  zonefile: "{workdir}/tf.local.zone"
+  request-xfr: AXFR {primary[0]}@{primary[1]} NOKEY
+  allow-notify: {primary[0]} NOKEY
+""")
+    return conf
+
+
+def test_nsd_secondary_transfers_the_zone_and_answers(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A real secondary (NSD, installed by scripts/test.sh) transfers the zone from
+    idstore over loopback, then answers the cluster's names itself."""
+    assert NSD is not None, "nsd is not installed (scripts/test.sh installs it)"
+    _, zone, addr = start_server(n=50, transfer_allow=("127.0.0.1/32",))
+    port = free_dns_port()
+    conf = nsd_secondary_config(tmp_path, port, addr)
+    proc = subprocess.Popen([NSD, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    secondary = ("127.0.0.1", port)
+
+    def transferred() -> bool:
+        try:
+            return answers(udp(secondary, "worker7.tf.local.")) == ["192.0.2.17"]
+        except (dns.exception.Timeout, OSError):
+            return False
+
+    try:
+        wait_for(transferred, 30, "NSD to transfer the zone from idstore")
+        assert answers(udp(secondary, "worker42.tf.local.", "TXT")) == [
+            '"pool=worker" "slot=42" "node=node-worker-42"']  # fmt: skip
+        srv = tcp(secondary, "_grpc._tcp.worker.tf.local.", "SRV")
+        assert len(answers(srv)) == 50
+        soa = udp(secondary, "tf.local.", "SOA").answer[0][0]
+        assert soa.serial == zone.serial
+        nx = udp(secondary, "nope.tf.local.")
+        assert nx.rcode() == dns.rcode.NXDOMAIN
+    finally:
+        proc.terminate()
+        proc.wait(10)

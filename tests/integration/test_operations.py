@@ -24,15 +24,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.nodes import HOST, NodeProcess, addresses_of, free_dns_port, query, wait_for
+from tests.harness.ports import free_port
 
 TTL = 3.0
 LIMIT = 3
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -73,7 +68,7 @@ class Ops:
         self.http: dict[str, int] = {}
 
     def node(self, nid: str, pool: str = "worker", *extra: str) -> NodeProcess:
-        port = free_tcp_port()
+        port = free_port()
         n = NodeProcess(
             [*self.flags(nid), "--pool", pool, "--address", f"192.0.2.{len(self.nodes) + 1}",
              "--http", f"{HOST}:{port}", *extra],

@@ -24,6 +24,8 @@ from idstore.backends.base import (
 from idstore.backends.dispatch import DispatchedWatch, WatchBroken, WatchRegistry
 from idstore.backends.memory import MemoryStore, new_endpoint
 from idstore.backends.records import check_reclaim, own_or_taken, read_record, slot_number
+from idstore.backends.zookeeper import ZooKeeperStore
+from idstore.backends.zookeeper.watch import PoolWatch, _Result
 from idstore.errors import NotOwner, SlotTaken, StoreUnavailable
 
 # -- ops and wire_requests -------------------------------------------------------------
@@ -87,6 +89,18 @@ def test_memory_counts_one_request_per_operation() -> None:
         store.close()
 
 
+def test_zookeeper_counts_through_the_base_class() -> None:
+    """ZooKeeper's requests land in base's wire_requests; a reclaim the shared NotOwner
+    rule refuses is one operation and sends nothing (no server is needed for either)."""
+    store = ZooKeeperStore(StoreOptions(endpoints=("127.0.0.1:1",)))
+    previous = Claim("p", 3, SlotRecord("a", "boot1"), 10, "1")
+    with pytest.raises(NotOwner, match="belongs to 'a', not 'b'"):
+        store.reclaim(previous, SlotRecord("b", "boot2"))
+    assert (store.ops, store.wire_requests) == (1, 0)
+    store._io.send(2)  # what its Wire reports for a pipelined pair of reads
+    assert (store.ops, store.wire_requests) == (1, 2)
+
+
 # -- the watch dispatcher --------------------------------------------------------------
 
 
@@ -105,11 +119,13 @@ class ListWatch(DispatchedWatch[object]):
 class Seen:
     def __init__(self) -> None:
         self.slots: list[int] = []
+        self.revisions: list[int] = []
         self.broken: list[str] = []
         self.done = threading.Event()
 
     def on_events(self, events: Sequence[SlotEvent]) -> None:
         self.slots.extend(e.slot for e in events)
+        self.revisions.extend(e.revision for e in events)
         if 99 in self.slots:
             self.done.set()
 
@@ -175,6 +191,51 @@ def test_registry_breaks_every_watch() -> None:
     for s in seen:
         assert s.done.wait(5)
         assert s.broken == ["session lost"]
+
+
+class FailedRead:
+    """A kazoo async result whose read failed."""
+
+    def get(self, timeout: float | None = None) -> object:
+        raise RuntimeError("connection dropped")
+
+
+def _zk_watch(seen: Seen, registry: WatchRegistry, revision: int = 0) -> PoolWatch:
+    store = ZooKeeperStore(StoreOptions(endpoints=("127.0.0.1:1",)))
+    return PoolWatch(
+        store._io, Listing("p", {}, revision), seen.on_events, seen.on_broken, registry
+    )
+
+
+def test_zookeeper_watch_delivers_a_burst_in_revision_order_then_breaks_once() -> None:
+    seen, registry = Seen(), WatchRegistry()
+    w = _zk_watch(seen, registry, revision=5)
+    # Posted before the dispatch thread starts: one burst, delivered in one call.
+    for slot, zxid in ((1, 9), (2, 7), (0, 3)):
+        claim = Claim("p", slot, SlotRecord("n", str(slot)), zxid, "1")
+        w.post(_Result("slot", slot=slot, claim=claim, revision=zxid))
+    w.post(_Result("error", reason="listing p failed: boom"))
+    w.post(_Result("slot", slot=4, claim=Claim("p", 4, SlotRecord("n", "4"), 11, "1"), revision=11))
+    w.start_dispatch()  # start() would arm ZooKeeper watches: there is no server here
+    assert seen.done.wait(5)
+    w._thread.join(5)
+    # Sorted by zxid; a slot older than the listing watched from reports its revision.
+    assert (seen.slots, seen.revisions) == ([0, 2, 1], [5, 7, 9])
+    assert seen.broken == ["listing p failed: boom"]
+    assert registry.snapshot() == [] and w.ended
+
+
+def test_zookeeper_watch_breaks_on_a_failed_read_and_with_its_store() -> None:
+    failed, lost, registry = Seen(), Seen(), WatchRegistry()
+    w = _zk_watch(failed, registry)
+    w.start_dispatch()
+    w.post(_Result("listing", slots={0}, revision=1, pending={0: FailedRead()}))
+    assert failed.done.wait(5)
+    assert failed.broken == ["reading p: RuntimeError('connection dropped')"]
+    _zk_watch(lost, registry).start_dispatch()
+    registry.break_all("session lost")
+    assert lost.done.wait(5)
+    assert (lost.slots, lost.broken) == ([], ["session lost"])
 
 
 # -- records: the rules ----------------------------------------------------------------

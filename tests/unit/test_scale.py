@@ -24,8 +24,8 @@ import pytest
 from idstore import cli, config
 from idstore.backends.base import Claim, SlotRecord
 from idstore.config import DnsSettings, PoolSettings, Settings
-from idstore.dns import DnsServer, Zone
-from idstore.dns.server import _mmsg
+from idstore.dns import DnsServer, Zone, records
+from idstore.dns.udp_batch import mmsg as _mmsg
 from idstore.pattern import Pattern
 from idstore.view import Member
 
@@ -142,6 +142,31 @@ def test_10000_member_srv_over_tcp_is_as_many_as_fit_with_tc() -> None:
     targets = [rd.target.to_text() for rd in records]
     assert targets[:2] == ["worker0.tf.local.", "worker1.tf.local."]  # lowest slots first
     assert len(set(targets)) == len(targets)
+
+
+def test_one_claim_in_a_10000_member_pool_packs_a_handful_of_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After one claim, the pool's SRV answer and the name's A answer are rebuilt from the
+    members' packed records: dnslib packs the new member's few records, not the pool."""
+    zone = big_zone()
+    zone.answer(srv_query(), "tcp", CLIENT)  # every member that fits is packed once
+    packed: list[int] = []
+    real = records.pack_after
+
+    def counting(qname: bytes, rrs: object, offset: int = 12) -> bytes:
+        rrs = list(rrs)  # type: ignore[call-overload]
+        packed.append(len(rrs))
+        return real(qname, rrs, offset)
+
+    monkeypatch.setattr(records, "pack_after", counting)
+    zone.update([("worker", 3, Member("worker", 3, "worker3.tf.local.", ("10.9.9.9",), "new"))])
+    reply = dns.message.from_wire(zone.answer(srv_query(), "tcp", CLIENT) or b"")
+    assert len([rd for rrset in reply.answer for rd in rrset]) > 1000
+    a = dns.message.make_query("worker3.tf.local.", "A").to_wire()
+    answer = dns.message.from_wire(zone.answer(a, "udp", CLIENT) or b"")
+    assert [rd.to_text() for rrset in answer.answer for rd in rrset] == ["10.9.9.9"]
+    assert len(packed) <= 4 and sum(packed) <= 4, packed  # SRV + its A, the SOA, the A
 
 
 def test_10000_member_srv_over_udp_is_tc_with_just_the_question() -> None:

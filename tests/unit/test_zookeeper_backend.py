@@ -132,11 +132,12 @@ def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
     from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
     from idstore.backends.base import Listing, StoreOptions
+    from idstore.backends.dispatch import WatchRegistry
     from idstore.backends.zookeeper.watch import PoolWatch
 
     store = ZooKeeperStore(StoreOptions(ttl=TTL))
     watch = PoolWatch(
-        store._io, Listing("worker", {}, 0), lambda evs: None, lambda why: None, lambda w: None
+        store._io, Listing("worker", {}, 0), lambda evs: None, lambda why: None, WatchRegistry()
     )
     watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
 

@@ -32,9 +32,10 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from idstore.backends.base import Claim, Listing, SlotRecord, Ticket
+from idstore.backends.records import check_reclaim, own_or_taken
 from idstore.backends.zookeeper.paths import claim_of, session_of
 from idstore.backends.zookeeper.wire import Wire
-from idstore.errors import NotOwner, SlotTaken, StoreError, StoreUnavailable
+from idstore.errors import SlotTaken, StoreError, StoreUnavailable
 
 
 def failed_op(results: Sequence[Any]) -> int | None:
@@ -77,24 +78,22 @@ class Claims:
                     owner = wire.read_claim(client, pool, slot)
                     if owner is None:
                         continue  # freed between our create and our read: try again
-                    mine = owner.session == session_of(client)
-                    if mine and owner.record.same_boot(record):
-                        return owner  # our own earlier create that we never heard back from
-                    raise SlotTaken(pool, slot, owner) from None
+                    # Ours: an earlier create of ours that we never heard back from.
+                    return own_or_taken(pool, slot, owner, session_of(client), record)
             raise StoreError(f"{what}: the slot kept changing; giving up")
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
         pool, slot = previous.pool, previous.slot
         what = f"reclaim {pool}/{slot}"
-        if previous.record.node_id != record.node_id:
-            raise NotOwner(f"slot {pool}/{slot} belongs to node {previous.record.node_id!r}")
+        check_reclaim(previous, record)  # refused here, before any request
         client = self.wire.connected(what)
 
         def attempt() -> Claim:
             fence, current = self._fence_and_read(client, pool, slot)
             if current is None:
                 raise SlotTaken(pool, slot, None)
-            held = claim_of(pool, slot, *current)
+            data, stat = current
+            held = claim_of(pool, slot, SlotRecord.decode(data), stat)  # strict: it fences
             if held.version != previous.version:
                 raise SlotTaken(pool, slot, held)
             try:

@@ -29,13 +29,6 @@ from idstore.backends.base import Claim, SlotRecord, StoreOptions
 SEQUENCE_DIGITS = 10
 
 
-def slot_of(name: str) -> int | None:
-    """The slot number a child name stands for; None for anything idstore did not make."""
-    if not name.isdigit() or (len(name) > 1 and name[0] == "0"):
-        return None
-    return int(name)
-
-
 def identity(node_id: str) -> str:
     """The short stand-in for a node identity in queue and marker names."""
     return hashlib.sha256(node_id.encode()).hexdigest()[:16]
@@ -47,12 +40,14 @@ def session_of(client: KazooClient) -> str:
     return f"{int(client_id[0]):x}" if client_id else ""
 
 
-def claim_of(pool: str, slot: int, data: bytes, stat: ZnodeStat) -> Claim:
-    """The Claim a slot znode holds; StoreError for data idstore did not write."""
+def claim_of(pool: str, slot: int, record: SlotRecord, stat: ZnodeStat) -> Claim:
+    """The Claim of a slot znode holding ``record`` (decoded by the caller: strictly
+    where an unreadable record must fail, with ``records.read_record`` where it is
+    skipped)."""
     return Claim(
         pool=pool,
         slot=slot,
-        record=SlotRecord.decode(data),
+        record=record,
         version=int(stat.czxid),
         session=f"{int(stat.ephemeralOwner):x}",
     )

@@ -6,16 +6,13 @@
 - paths.py: the key schema; claims.py: slots and their fencing; queue.py: the waiting
   queue; watch.py: watching a pool.
 
-``ops`` counts idstore operations (open, claim, reclaim, release, list, watch, and the
-queue's), one each like every backend; ``wire_requests`` counts the ZooKeeper requests
-they sent (a list of N slots is 1 + N requests), for benchmarks that want the raw
-figure. Keepalives (kazoo's pings, idstore's heartbeats) are in neither.
+``ops`` and ``wire_requests`` are the base class's, as on every backend: one operation
+per SlotStore call, and the ZooKeeper requests they sent (a list of N slots is 1 + N
+requests), which Wire reports through ``SlotStore._sent``. Keepalives (kazoo's pings,
+idstore's heartbeats) are in neither.
 """
 
 from __future__ import annotations
-
-import builtins
-import threading
 
 from idstore.backends.base import (
     BrokenCallback,
@@ -29,6 +26,7 @@ from idstore.backends.base import (
     StoreOptions,
     Ticket,
 )
+from idstore.backends.dispatch import WatchRegistry
 from idstore.backends.zookeeper import connection
 from idstore.backends.zookeeper.claims import Claims
 from idstore.backends.zookeeper.paths import Paths
@@ -46,30 +44,27 @@ class ZooKeeperStore(SlotStore):
     def __init__(self, options: StoreOptions) -> None:
         super().__init__(options)
         self._spec = connection.parse_endpoints(options)
+        self._watches = WatchRegistry()
         self._session = Session(
             self,
             self._set_state,
             self._spec,
             connection.make_acls(options),
-            self._break_watches,
+            self._watches.break_all,
         )
-        self._io = Wire(self._session, Paths(self._spec.root, options))
+        self._io = Wire(self._session, Paths(self._spec.root, options), self._sent)
         self._claims = Claims(self._io)
         self._queue = WaitQueue(self._io)
-        self._lock = threading.Lock()
-        self._watches: set[PoolWatch] = set()
 
     # -- session ---------------------------------------------------------------------
 
     def open(self) -> None:
-        self._count()
-        self._io.send()  # the session's creation
+        self._sent()  # the session's creation
         self._session.open()
 
     def close(self, release: bool = True) -> None:
         self._session.close(release)
-        for w in self._watch_list():
-            w.cancel()
+        self._watches.cancel_all()
         self._set_state(ConnectionState.LOST)
 
     @property
@@ -91,43 +86,31 @@ class ZooKeeperStore(SlotStore):
         sid, passwd = client.client_id
         return int(sid), bytes(passwd)
 
-    @property
-    def wire_requests(self) -> int:
-        """ZooKeeper requests sent (keepalives excluded); ``ops`` counts idstore operations."""
-        return self._io.sent
-
     # -- slots -----------------------------------------------------------------------
 
     def claim(
         self, pool: str, slot: int, record: SlotRecord, ticket: Ticket | None = None
     ) -> Claim:
-        self._count()
         return self._claims.claim(pool, slot, record, ticket)
 
     def reclaim(self, previous: Claim, record: SlotRecord) -> Claim:
-        self._count()
         return self._claims.reclaim(previous, record)
 
     def release(self, claim: Claim) -> bool:
-        self._count()
         return self._claims.release(claim)
 
     def list(self, pool: str) -> Listing:
-        self._count()
         return self._claims.list_pool(pool)
 
     # -- waiting queue ---------------------------------------------------------------
 
     def enqueue(self, pool: str, slots: range, node_id: str, sticky: bool = True) -> Position:
-        self._count()
         return self._queue.enqueue(pool, slots, node_id)
 
     def position(self, ticket: Ticket, slots: range, node_id: str, exact: bool = False) -> Position:
-        self._count()
         return self._queue.position(ticket, slots, node_id)
 
     def dequeue(self, ticket: Ticket) -> None:
-        self._count()
         self._queue.dequeue(ticket)
 
     # -- watches ---------------------------------------------------------------------
@@ -138,21 +121,6 @@ class ZooKeeperStore(SlotStore):
         on_events: EventsCallback,
         on_broken: BrokenCallback,
     ) -> PoolWatch:
-        self._count()
-        w = PoolWatch(self._io, since, on_events, on_broken, self._forget_watch)
-        with self._lock:
-            self._watches.add(w)
+        w = PoolWatch(self._io, since, on_events, on_broken, self._watches)
         w.start()
         return w
-
-    def _forget_watch(self, w: PoolWatch) -> None:
-        with self._lock:
-            self._watches.discard(w)
-
-    def _watch_list(self) -> builtins.list[PoolWatch]:
-        with self._lock:
-            return list(self._watches)
-
-    def _break_watches(self, reason: str) -> None:
-        for w in self._watch_list():
-            w.broken(reason)

@@ -1,10 +1,9 @@
 """Watching a pool: a children watch on the pool plus a data watch per slot.
 
-Two parts. ``PoolWatch`` is ZooKeeper's own: it chains requests from kazoo's threads
-and turns their results into ``_Result`` items. ``WatchDispatch`` is the scaffolding
-every backend's watch has (inbox queue, dispatch thread, batching, break-once, guarded
-callbacks, non-decreasing revisions); it is kept apart so that a dispatcher shared by
-every backend can replace it as a whole.
+``PoolWatch`` is ZooKeeper's part: it chains requests from kazoo's threads and posts
+their results as ``_Result`` items. The inbox, dispatch thread, batching, break-once and
+guarded callbacks are the shared ``DispatchedWatch``'s (idstore.backends.dispatch);
+``_translate`` turns a result into events and ``_order`` keeps revisions non-decreasing.
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +29,9 @@ from idstore.backends.base import (
     Listing,
     SlotEvent,
 )
-from idstore.backends.zookeeper.paths import claim_of, slot_of
+from idstore.backends.dispatch import DispatchedWatch, WatchBroken, WatchRegistry
+from idstore.backends.records import read_record, slot_number
+from idstore.backends.zookeeper.paths import claim_of
 from idstore.backends.zookeeper.wire import Wire
 from idstore.errors import StoreError
 
@@ -45,7 +45,7 @@ SPECULATIVE_READS = 4
 class _Result:
     """What kazoo's threads hand to a watch's thread."""
 
-    kind: str  # listing | slot | error | broken | stop
+    kind: str  # listing | slot | error
     slots: frozenset[int] | set[int] = frozenset()
     slot: int | None = None
     claim: Claim | None = None
@@ -54,90 +54,11 @@ class _Result:
     pending: dict[int, Any] = field(default_factory=dict)  # listing: reads of new slots
 
 
-class WatchDispatch:
-    """A watch's thread: takes results in the order they were queued, turns each burst
-    into one ordered delivery, and ends once (stop, break or error)."""
-
-    def __init__(
-        self,
-        name: str,
-        apply: Callable[[_Result], list[SlotEvent]],
-        on_events: EventsCallback,
-        on_broken: BrokenCallback,
-        on_end: Callable[[], None],
-        revision: int,
-    ) -> None:
-        self._apply = apply
-        self._on_events = on_events
-        self._on_broken = on_broken
-        self._on_end = on_end  # the store forgets the watch
-        self._revision = revision
-        self._results: queue.Queue[_Result] = queue.Queue()
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def put(self, item: _Result) -> None:
-        self._results.put(item)
-
-    def stop(self) -> None:
-        self.done.set()
-        self._results.put(_Result("stop"))
-        self._on_end()
-
-    def _run(self) -> None:
-        while True:
-            # Block for one result, then take every queued one: one delivery for a burst.
-            batch = [self._results.get()]
-            while not self._results.empty():
-                batch.append(self._results.get_nowait())
-            events: list[SlotEvent] = []
-            for item in batch:
-                if item.kind == "stop":
-                    return
-                try:
-                    events.extend(self._apply(item))
-                except Exception as e:  # a read of the listing's slots failed
-                    item = _Result("error", reason=str(e) or repr(e))
-                if item.kind in ("broken", "error"):
-                    self._deliver(events)
-                    self._break(item.reason)
-                    return
-            self._deliver(events)
-
-    def _break(self, reason: str) -> None:
-        if self.done.is_set():
-            return
-        self.done.set()
-        self._on_end()
-        try:
-            self._on_broken(reason)
-        except Exception:
-            log.exception("watch on_broken callback failed")
-
-    def _deliver(self, events: list[SlotEvent]) -> None:
-        if not events or self.done.is_set():
-            return
-        events.sort(key=lambda e: e.revision)
-        ordered = []
-        for e in events:
-            # A slot read after a listing can be newer than a later-delivered one:
-            # keep revisions non-decreasing.
-            self._revision = max(self._revision, e.revision)
-            ordered.append(e if e.revision == self._revision else _with_revision(e, self._revision))
-        try:
-            self._on_events(ordered)
-        except Exception:
-            log.exception("watch on_events callback failed")
-
-
 def _with_revision(event: SlotEvent, revision: int) -> SlotEvent:
     return SlotEvent(event.type, event.pool, event.slot, event.claim, revision)
 
 
-class PoolWatch:
+class PoolWatch(DispatchedWatch[_Result]):
     """One pool's watch.
 
     ZooKeeper keeps no history, so a slot created and deleted before we read it is never
@@ -154,44 +75,32 @@ class PoolWatch:
         since: Listing,
         on_events: EventsCallback,
         on_broken: BrokenCallback,
-        forget: Callable[[PoolWatch], None],
+        registry: WatchRegistry,
     ) -> None:
+        super().__init__(since.pool, on_events, on_broken, registry, f"zkwatch-{since.pool}")
         self._wire = wire
-        self.pool = since.pool
         self._path = wire.paths.pool(since.pool)
         self._known: dict[int, Claim] = dict(since.claims)  # as delivered (watch thread)
         self._tracked: set[int] = set()  # slots fetched with a data watch (kazoo threads)
         self._tracked_lock = threading.Lock()
-        self._dispatch = WatchDispatch(
-            f"zkwatch-{self.pool}",
-            self._apply,
-            on_events,
-            on_broken,
-            lambda: forget(self),
-            since.revision,
-        )
+        self._revision = since.revision  # the last delivered (dispatch thread)
 
     def start(self) -> None:
         """Arm the children watch before returning, so that no change made after
         ``watch()`` returns can slip by unseen; the listing is then processed and
-        delivered on the dispatch thread."""
+        delivered on the dispatch thread. Registered first, so that a session break
+        from now on reaches it."""
+        self.start_dispatch()
         self._prepare_pool()
         first = self._request_listing()
-        self._dispatch.start()
         if first is not None:
             with contextlib.suppress(Exception):  # its callback reports any failure
                 first.get(timeout=self._wire.options.request_timeout)
 
-    def cancel(self) -> None:
-        self._dispatch.stop()
-
-    def broken(self, reason: str) -> None:
-        self._dispatch.put(_Result("broken", reason=reason))
-
     # -- kazoo's threads: never block ------------------------------------------------
 
     def _client(self) -> KazooClient | None:
-        return None if self._dispatch.done.is_set() else self._wire.client()
+        return None if self.ended else self._wire.client()
 
     def _request_listing(self) -> Any:
         client = self._client()
@@ -225,7 +134,7 @@ class PoolWatch:
         # NONE (connection reset) carries no path: the store re-syncs every watch then.
         if event.type == ZkEventType.NONE or not event.path:
             return
-        slot = slot_of(event.path.rsplit("/", 1)[-1])
+        slot = slot_number(event.path.rsplit("/", 1)[-1])
         if slot is not None:
             self._request_slot(slot)
 
@@ -247,18 +156,16 @@ class PoolWatch:
             self._await_pool()
             return
         except Exception as e:
-            self._dispatch.put(_Result("error", reason=f"listing {self.pool} failed: {e!r}"))
+            self.post(_Result("error", reason=f"listing {self.pool} failed: {e!r}"))
             return
-        slots = {s for s in (slot_of(n) for n in children) if s is not None}
+        slots = {s for s in (slot_number(n) for n in children) if s is not None}
         with self._tracked_lock:
             new = sorted(slots - self._tracked)
             self._tracked = slots
         # The listing travels with the reads of its new slots, so the watch thread
         # delivers its deletions and creations together, in zxid order.
         pending = {slot: self._request_slot(slot, deliver=False) for slot in new}
-        self._dispatch.put(
-            _Result("listing", slots=slots, revision=int(stat.pzxid), pending=pending)
-        )
+        self.post(_Result("listing", slots=slots, revision=int(stat.pzxid), pending=pending))
 
     def _await_pool(self) -> None:
         """No pool znode yet: an exists watch fires when it is created."""
@@ -273,7 +180,7 @@ class PoolWatch:
                 if result.get_nowait() is not None:
                     self._request_listing()  # created in between
             except Exception as e:
-                self._dispatch.put(_Result("error", reason=f"watching {self.pool}: {e!r}"))
+                self.post(_Result("error", reason=f"watching {self.pool}: {e!r}"))
 
         req.rawlink(exists)
 
@@ -292,15 +199,14 @@ class PoolWatch:
             with self._tracked_lock:
                 self._tracked.add(slot)  # it has a data watch now
         if deliver and item is not None:
-            self._dispatch.put(item)
+            self.post(item)
 
     def _slot_result(self, slot: int, result: Any) -> _Result | None:
         data, stat = result.get(timeout=self._wire.options.request_timeout)
-        try:
-            claim = claim_of(self.pool, slot, data, stat)
-        except StoreError:
-            log.warning("ignoring unreadable slot %s/%s: %r", self.pool, slot, data[:80])
+        record = read_record(data, self._wire.paths.slot(self.pool, slot))
+        if record is None:
             return None
+        claim = claim_of(self.pool, slot, record, stat)
         revision = max(int(stat.czxid), int(stat.mzxid))
         return _Result("slot", slot=slot, claim=claim, revision=revision)
 
@@ -318,11 +224,23 @@ class PoolWatch:
         except StoreError as e:
             log.debug("watch %s: pool not created (%s); waiting for it", self.pool, e)
 
-    def _apply(self, item: _Result) -> list[SlotEvent]:
+    def _translate(self, item: _Result) -> Sequence[SlotEvent]:
+        if item.kind == "error":
+            raise WatchBroken(item.reason)
         try:
             return self._events_of(item)
-        except Exception as e:
-            raise StoreError(f"reading {self.pool}: {e!r}") from e
+        except Exception as e:  # a read of the listing's slots failed
+            raise WatchBroken(f"reading {self.pool}: {e!r}") from e
+
+    def _order(self, events: list[SlotEvent]) -> Sequence[SlotEvent]:
+        events.sort(key=lambda e: e.revision)
+        ordered = []
+        for e in events:
+            # A slot read after a listing can be newer than a later-delivered one:
+            # keep revisions non-decreasing.
+            self._revision = max(self._revision, e.revision)
+            ordered.append(e if e.revision == self._revision else _with_revision(e, self._revision))
+        return ordered
 
     def _events_of(self, item: _Result) -> list[SlotEvent]:
         if item.kind == "listing":

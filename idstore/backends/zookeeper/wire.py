@@ -1,10 +1,9 @@
-"""The request layer every operation goes through: the live client, the count of
+"""The request layer every operation goes through: the live client, reporting the
 requests sent, waiting for replies, and kazoo's exceptions turned into idstore's."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,24 +21,25 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent
 
-from idstore.backends.base import Claim, ConnectionState
-from idstore.backends.zookeeper.paths import Paths, claim_of, slot_of
+from idstore.backends.base import Claim, ConnectionState, SlotRecord
+from idstore.backends.records import read_record, slot_number
+from idstore.backends.zookeeper.paths import Paths, claim_of
 from idstore.backends.zookeeper.session import Session
 from idstore.errors import SessionLost, StoreError, StoreUnavailable
 
-log = logging.getLogger(__name__)
-
 
 class Wire:
-    """Requests on one store's session. ``sent`` counts the ZooKeeper requests idstore
-    issued (kazoo's pings and idstore's heartbeats excluded: they are keepalives)."""
+    """Requests on one store's session. ``send`` reports the ZooKeeper requests idstore
+    issues to ``sent`` (the store's ``SlotStore._sent``, so ``wire_requests`` means the
+    same on every backend); kazoo's pings and idstore's heartbeats are keepalives and
+    never reported."""
 
-    def __init__(self, session: Session, paths: Paths) -> None:
+    def __init__(self, session: Session, paths: Paths, sent: Callable[[int], None]) -> None:
         self.session = session
         self.paths = paths
         self.options = session.options
         self.acl = session.acl
-        self.sent = 0
+        self._sent = sent
         self._known_pools: set[str] = set()
 
     @property
@@ -66,7 +66,7 @@ class Wire:
         return client
 
     def send(self, n: int = 1) -> None:
-        self.sent += n
+        self._sent(n)
 
     def wait(self, result: Any) -> Any:
         return result.get(timeout=self.options.request_timeout)
@@ -111,7 +111,7 @@ class Wire:
             data, stat = self.wait(client.get_async(self.paths.slot(pool, slot)))
         except NoNodeError:
             return None
-        return claim_of(pool, slot, data, stat)
+        return claim_of(pool, slot, SlotRecord.decode(data), stat)  # a claim must read it
 
     def fetch(
         self,
@@ -121,7 +121,7 @@ class Wire:
         watch: Callable[[WatchedEvent], None] | None,
     ) -> dict[int, Claim]:
         """Read many slots with pipelined gets; slots gone meanwhile are left out."""
-        slots = sorted(s for s in (slot_of(str(n)) for n in names) if s is not None)
+        slots = sorted(s for s in (slot_number(str(n)) for n in names) if s is not None)
         pending = [(s, client.get_async(self.paths.slot(pool, s), watch=watch)) for s in slots]
         self.send(len(pending))
         claims: dict[int, Claim] = {}
@@ -130,8 +130,7 @@ class Wire:
                 data, stat = self.wait(req)
             except NoNodeError:
                 continue
-            try:
-                claims[slot] = claim_of(pool, slot, data, stat)
-            except StoreError:
-                log.warning("ignoring unreadable slot %s/%s: %r", pool, slot, data[:80])
+            record = read_record(data, self.paths.slot(pool, slot))
+            if record is not None:
+                claims[slot] = claim_of(pool, slot, record, stat)
         return claims

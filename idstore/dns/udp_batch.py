@@ -1,0 +1,293 @@
+"""Batched UDP on Linux: ``recvmmsg``/``sendmmsg`` through ctypes on the bound socket,
+driven by ``loop.add_reader``. Per packet that leaves a dict lookup and a copy; the two
+system calls per query of a datagram transport cost most of the time of the fast path
+(about 1.5x the QPS on this kind of machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import functools
+import logging
+import mmap
+import os
+import socket
+import struct
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from idstore.dns import replies as reply_cache
+from idstore.dns.zone import ForwardRequest, Zone
+
+if TYPE_CHECKING:
+    from idstore.dns.server import DnsServer
+
+log = logging.getLogger(__name__)
+
+
+class Mmsg:
+    """recvmmsg/sendmmsg from libc, and the layout of ``struct mmsghdr`` (LP64 Linux)."""
+
+    BATCH = 32  # datagrams per system call
+    RSLOT = 65536  # receive room per datagram: no UDP payload is ever cut
+    SSLOT = 4096  # send room per reply; a larger one goes out through sendto
+    NAME = 128  # sockaddr_storage
+    ROUNDS = 8  # batches per wake-up at most, so TCP and timers get their turn
+
+    def __init__(self) -> None:
+        # PyDLL keeps the GIL across the call: both calls never block (MSG_DONTWAIT), and
+        # releasing the GIL there hands it to the store's threads, after which the loop
+        # waits a whole switch interval to get it back (measured: half the QPS).
+        libc = ctypes.PyDLL(None, use_errno=True)
+        self.recvmmsg = libc.recvmmsg
+        self.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                                  ctypes.c_void_p]  # fmt: skip
+        self.recvmmsg.restype = ctypes.c_int
+        self.sendmmsg = libc.sendmmsg
+        self.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        self.sendmmsg.restype = ctypes.c_int
+
+        class Iovec(ctypes.Structure):
+            _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+        class Msghdr(ctypes.Structure):
+            _fields_ = (("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                        ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                        ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                        ("flags", ctypes.c_int))  # fmt: skip
+
+        class Mmsghdr(ctypes.Structure):
+            _fields_ = (("hdr", Msghdr), ("len", ctypes.c_uint))
+
+        self.Iovec, self.Mmsghdr = Iovec, Mmsghdr
+        size = ctypes.sizeof(Mmsghdr)
+        if size % 8 or ctypes.sizeof(Iovec) != 16 or Msghdr.name.offset != 0:
+            raise OSError("unexpected struct mmsghdr layout")
+        # Indexes into 64-bit (q) and 32-bit (u) views of the header arrays.
+        self.q_stride, self.u_stride = size // 8, size // 4
+        self.q_name = Msghdr.name.offset // 8
+        self.u_namelen = Msghdr.namelen.offset // 4
+        self.u_len = Mmsghdr.len.offset // 4
+
+
+def _loadmmsg() -> Mmsg | None:
+    if sys.platform != "linux" or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    try:
+        return Mmsg()
+    except (OSError, AttributeError) as e:
+        log.debug("recvmmsg/sendmmsg unavailable (%s): UDP through the loop's transport", e)
+        return None
+
+
+mmsg = _loadmmsg()
+_MAX_CLIENTS = 4096  # decoded client addresses remembered per socket
+
+
+class BatchUdp:
+    """One UDP socket answered in batches: recvmmsg up to BATCH datagrams, answer each,
+    sendmmsg every reply at once. Runs on the event loop (``add_reader``), never blocks.
+
+    Replies from the zone's whole-reply cache are built inline (``Zone.resolve`` does the
+    same lookup); everything else goes through ``Zone.resolve`` with the client address
+    decoded, exactly like the datagram-transport path. A zone whose ``resolve`` is
+    overridden gets every query through it.
+    """
+
+    def __init__(self, server: DnsServer, sock: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+        m = mmsg
+        assert m is not None
+        self.server = server
+        self.zone = server.zone
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = loop
+        self.v6 = sock.family == socket.AF_INET6
+        self.inline = type(server.zone).resolve is Zone.resolve
+        n = m.BATCH
+        # Anonymous mappings: pages are only backed once a datagram touches them.
+        self.rbuf = mmap.mmap(-1, n * m.RSLOT)
+        self.sbuf = mmap.mmap(-1, n * m.SSLOT)
+        self.names = mmap.mmap(-1, n * m.NAME)
+        self._keep: list[Any] = []  # ctypes views pinning the mappings' addresses
+        rbase, sbase, nbase = (self._address(b) for b in (self.rbuf, self.sbuf, self.names))
+        self.riov = (m.Iovec * n)()
+        self.siov = (m.Iovec * n)()
+        self.rhdr = (m.Mmsghdr * n)()
+        self.shdr = (m.Mmsghdr * n)()
+        for i in range(n):
+            self.riov[i].base, self.riov[i].len = rbase + i * m.RSLOT, m.RSLOT
+            self.siov[i].base = sbase + i * m.SSLOT
+            h = self.rhdr[i].hdr
+            h.name, h.namelen = nbase + i * m.NAME, m.NAME
+            h.iov, h.iovlen = ctypes.addressof(self.riov[i]), 1
+            h = self.shdr[i].hdr
+            h.iov, h.iovlen = ctypes.addressof(self.siov[i]), 1
+        self.rhdr_addr = ctypes.addressof(self.rhdr)
+        self.shdr_addr = ctypes.addressof(self.shdr)
+        self.nbase = nbase
+        # The kernel sets each msg_namelen to the sender's address size, which is the
+        # same for every datagram of this socket: it never needs resetting.
+        self.ru = memoryview(self.rhdr).cast("B").cast("I")
+        self.sq = memoryview(self.shdr).cast("B").cast("Q")
+        self.su = memoryview(self.shdr).cast("B").cast("I")
+        self.siq = memoryview(self.siov).cast("B").cast("Q")
+        self.clients: dict[bytes, tuple[Any, ...]] = {}  # raw sockaddr -> decoded
+        self.counter = 0  # datagrams seen, for sampling the duration histogram
+        self.closed = False
+        loop.add_reader(self.fd, self._readable)
+
+    def _address(self, buf: mmap.mmap) -> int:
+        view = ctypes.c_char.from_buffer(buf)
+        self._keep.append(view)
+        return ctypes.addressof(view)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.fd)
+        self.sock.close()
+        # The ctypes views pin the mappings (exported buffers): let them go with us.
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def client(self, i: int) -> tuple[Any, ...]:
+        """The sender of datagram ``i`` as socket.recvfrom gives it (decoded once per
+        distinct address: clients send many queries)."""
+        m = mmsg
+        assert m is not None
+        off = i * m.NAME
+        raw = self.names[off : off + (28 if self.v6 else 8)]
+        addr = self.clients.get(raw)
+        if addr is not None:
+            return addr
+        port = (raw[2] << 8) | raw[3]
+        if self.v6:
+            (flow,) = struct.unpack_from("=I", raw, 4)
+            (scope,) = struct.unpack_from("=I", raw, 24)
+            addr = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope)
+        else:
+            addr = (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+        if len(self.clients) >= _MAX_CLIENTS:
+            self.clients.clear()
+        self.clients[raw] = addr
+        return addr
+
+    def sendto(self, reply: bytes, addr: tuple[Any, ...]) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError as e:  # a full buffer or a vanished client costs this one reply
+            log.debug("udp send to %s failed: %r", addr, e)
+
+    def _reply_to(self, addr: tuple[Any, ...], reply: bytes) -> None:
+        self.sendto(reply, addr)
+
+    def _readable(self) -> None:
+        m = mmsg
+        assert m is not None
+        for _ in range(m.ROUNDS):
+            if self.closed:
+                return
+            n = m.recvmmsg(self.fd, self.rhdr_addr, m.BATCH, socket.MSG_DONTWAIT, None)
+            if n <= 0:
+                if n < 0:
+                    err = ctypes.get_errno()
+                    if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                        log.debug("recvmmsg: %s", os.strerror(err))
+                return
+            self._answer(n)
+            if n < m.BATCH:
+                return
+
+    def _answer(self, n: int) -> None:
+        m = mmsg
+        assert m is not None
+        zone = self.zone
+        stats = zone.stats
+        cached = stats.cached
+        durations = stats.durations
+        every = durations.every
+        # The reply cache's replay (idstore.dns.replies.replay), inlined: it is most of
+        # the work per query. An empty cache stands in when the zone's resolve is
+        # overridden, so every query goes through it.
+        replies = zone.replies if self.inline else reply_cache.Replies()
+        exact, folded = replies.exact, replies.folded
+        resolve = zone.resolve
+        rbuf, sbuf, ru = self.rbuf, self.sbuf, self.ru
+        rslot, sslot, ustride, ulen = m.RSLOT, m.SSLOT, m.u_stride, m.u_len
+        clock = time.perf_counter_ns
+        count = self.counter
+        j = 0
+        pending: list[int] = []  # datagram index of each queued reply
+        for i in range(n):
+            count += 1
+            timed = count % every == 0
+            if timed:
+                start = clock()
+            off = i * rslot
+            data = rbuf[off : off + ru[i * ustride + ulen]]
+            key = data[2:]
+            hit = exact.get(key)
+            if hit is not None and hit[2].live:
+                code = hit[1]
+                reply = data[:2] + hit[0]
+            elif (
+                (e := folded.get(key.lower())) is not None
+                and e[6].live
+                and (data[2:12] == e[0] and data[e[1] :] == e[2])
+            ):
+                code = e[5]
+                reply = b"".join((data[:2], e[3], data[12 : e[1] + 4], e[4]))
+            else:
+                code = -1
+                result = resolve(data, "udp", self.client(i))
+                if type(result) is bytes:
+                    reply = result
+                else:
+                    if isinstance(result, ForwardRequest):
+                        self.server.relay(result, functools.partial(self._reply_to, self.client(i)))
+                    continue
+            if code >= 0:
+                cached[code] = cached.get(code, 0) + 1
+            size = len(reply)
+            if size > sslot:
+                self.sendto(reply, self.client(i))
+            else:
+                so = j * sslot
+                sbuf[so : so + size] = reply
+                self.siq[j * 2 + 1] = size
+                pending.append(i)
+                j += 1
+            if timed:
+                durations.observe_ns(clock() - start)
+        self.counter = count
+        if j:
+            self._send(pending)
+
+    def _send(self, pending: list[int]) -> None:
+        m = mmsg
+        assert m is not None
+        sq, su, ru = self.sq, self.su, self.ru
+        for j, i in enumerate(pending):
+            sq[j * m.q_stride + m.q_name] = self.nbase + i * m.NAME
+            su[j * m.u_stride + m.u_namelen] = ru[i * m.u_stride + m.u_namelen]
+        total, done = len(pending), 0
+        while done < total:
+            hdr = self.shdr_addr + done * m.q_stride * 8
+            sent = m.sendmmsg(self.fd, hdr, total - done, socket.MSG_DONTWAIT)
+            if sent > 0:
+                done += sent
+                continue
+            # The reply at ``done`` failed (full buffer, vanished route): drop just it.
+            log.debug("sendmmsg: %s", os.strerror(ctypes.get_errno()))
+            done += 1

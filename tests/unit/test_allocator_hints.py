@@ -1,0 +1,106 @@
+"""Slot hints and per-node ports in the allocator, on the in-process store (the
+conformance suite runs the same on etcd and ZooKeeper)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+
+from idstore.allocator import Allocator, Status
+from idstore.backends.base import SlotRecord, StoreOptions
+from idstore.backends.memory import MemoryStore, new_endpoint
+from idstore.config import PoolSettings
+from idstore.pattern import Pattern
+from tests.harness.waiting import wait_for
+
+POOL = PoolSettings("worker", Pattern.parse("worker{{.ID}}.tf.internal."), limit=4)
+Start = Callable[..., tuple[MemoryStore, Allocator]]
+
+
+@pytest.fixture
+def node() -> Iterator[Start]:
+    endpoint = new_endpoint()
+    made: list[tuple[MemoryStore, Allocator]] = []
+
+    def start(
+        node_id: str,
+        hint: int | None = None,
+        require: bool = False,
+        ports: Callable[[Mapping[str, int]], Mapping[str, int]] | None = None,
+    ) -> tuple[MemoryStore, Allocator]:
+        store = MemoryStore(StoreOptions(endpoints=(endpoint,), ttl=2.0))
+        store.open()
+        rec = SlotRecord(node_id, uuid.uuid4().hex, ("192.0.2.1",))
+        alloc = Allocator(store, POOL, rec, prefer_slot=hint, require=require, choose_ports=ports)
+        made.append((store, alloc))
+        return store, alloc
+
+    yield start
+    for store, alloc in made:
+        if alloc.status is not Status.STOPPED:
+            # Tests that only call acquire() never started the thread stop() joins.
+            with contextlib.suppress(RuntimeError):
+                alloc.stop()
+        store.close()
+
+
+def test_a_free_hinted_slot_costs_one_claim(node: Start) -> None:
+    store, alloc = node("a", hint=2)
+    before = store.ops
+    claim = alloc.acquire()
+    assert claim is not None and claim.slot == 2
+    assert store.ops - before == 1
+
+
+def test_hint_held_by_another_falls_back_to_a_place_in_line_and_says_who(
+    node: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, a = node("a", hint=0)
+    assert (c := a.acquire()) is not None and c.slot == 0
+    _, b = node("b", hint=0)
+    with caplog.at_level(logging.WARNING, "idstore.hinted"):
+        claim = b.acquire()
+    assert claim is not None and claim.slot == 1
+    assert "preferred slot 0 of pool worker (worker0.tf.internal.) is held by node a" in caplog.text
+    assert "taking a place in line" in caplog.text
+
+
+def test_require_waits_for_the_hinted_slot(node: Start) -> None:
+    _, a = node("a", hint=1)
+    a.start()
+    wait_for(lambda: a.claim is not None, 5)
+    _, b = node("b", hint=1, require=True)
+    assert b.acquire() is None
+    b.start()
+    wait_for(lambda: b.status is Status.WAITING, 5)
+    assert b.claim is None
+    a.stop(release=True)
+    wait_for(lambda: b.claim is not None and b.claim.slot == 1, 10)
+
+
+def test_restart_takes_the_hinted_slot_back_from_its_earlier_boot(node: Start) -> None:
+    _, a1 = node("a", hint=3)
+    assert a1.acquire() is not None
+    s2, a2 = node("a", hint=3)  # same identity, new boot, the old claim still alive
+    claim = a2.acquire()
+    assert claim is not None and claim.slot == 3 and claim.session == s2.session_id
+
+
+def test_ports_are_chosen_once_preferring_the_earlier_claims(node: Start) -> None:
+    seen: list[Mapping[str, int]] = []
+
+    def choose(previous: Mapping[str, int]) -> Mapping[str, int]:
+        seen.append(dict(previous))
+        return dict(previous) or {"grpc": 20001}
+
+    _, a1 = node("a", ports=choose)
+    c1 = a1.acquire()
+    assert c1 is not None and c1.record.ports == {"grpc": 20001}
+    assert a1.record.ports == {"grpc": 20001}
+    _, a2 = node("a", ports=lambda prev: dict(prev) or {"grpc": 29999})
+    c2 = a2.acquire()  # the earlier boot's claim is alive: its port comes back
+    assert c2 is not None and c2.slot == c1.slot and c2.record.ports == {"grpc": 20001}
