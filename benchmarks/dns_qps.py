@@ -67,7 +67,8 @@ from typing import Any, NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.ports import free_dns_port  # noqa: E402  (needs ROOT on sys.path)
+from tests.harness.nsd import write_conf as nsd_conf  # noqa: E402  (needs ROOT on sys.path)
+from tests.harness.ports import free_dns_port  # noqa: E402
 
 ZONE = "tf.local."
 POOL = "worker"
@@ -468,29 +469,11 @@ def nsd(n: int, workdir: Path, txt: bool = False) -> Iterator[Target]:
     binary = shutil.which("nsd") or "/usr/sbin/nsd"
     port = free_dns_port(HOST)
     (workdir / "zone").write_text("\n".join(nsd_zone(n, txt)) + "\n")
-    (workdir / "nsd.conf").write_text(f"""server:
-  ip-address: {HOST}@{port}
-  port: {port}
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "{workdir}"
-  pidfile: "{workdir}/nsd.pid"
-  database: ""
-  zonelistfile: "{workdir}/zone.list"
-  xfrdfile: "{workdir}/xfrd.state"
-  xfrdir: "{workdir}"
-  logfile: "{workdir}/nsd.log"
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: {ZONE}
-  zonefile: "{workdir}/zone"
-""")
-    proc = subprocess.Popen([binary, "-d", "-c", str(workdir / "nsd.conf")])
+    conf = nsd_conf(
+        workdir, HOST, port, ZONE, f'  zonefile: "{workdir}/zone"\n',
+        "  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n  verbosity: 0\n",
+    )  # fmt: skip
+    proc = subprocess.Popen([binary, "-d", "-c", str(conf)])
     try:
         wait_answering(port)
         yield Target(port, proc.pid)

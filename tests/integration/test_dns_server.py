@@ -24,7 +24,9 @@ import pytest
 
 from idstore.config import DnsSettings
 from idstore.dns import DnsServer, Zone
+from tests.harness import nsd
 from tests.harness.nodes import free_dns_port, wait_for
+from tests.harness.nsd import NSD
 from tests.unit.test_dns_zone import member, ps_pool, worker_pool
 
 DIG = shutil.which("dig")
@@ -372,34 +374,14 @@ def test_axfr_refused_outside_the_allow_list_and_over_udp(
     assert tcp(default, "tf.local.", "AXFR").rcode() == dns.rcode.REFUSED
 
 
-NSD = shutil.which("nsd") or ("/usr/sbin/nsd" if Path("/usr/sbin/nsd").exists() else None)
-
-
 def nsd_secondary_config(workdir: Path, port: int, primary: tuple[str, int]) -> Path:
-    conf = workdir / "nsd.conf"
-    conf.write_text(f"""server:
-  ip-address: 127.0.0.1@{port}
-  port: {port}
-  server-count: 1
-  username: ""
-  chroot: ""
-  zonesdir: "{workdir}"
-  pidfile: "{workdir}/nsd.pid"
-  database: ""
-  zonelistfile: "{workdir}/zone.list"
-  xfrdfile: "{workdir}/xfrd.state"
-  xfrdir: "{workdir}"
-  logfile: "{workdir}/nsd.log"
-  verbosity: 1
-remote-control:
-  control-enable: no
-zone:
-  name: tf.local.
-  zonefile: "{workdir}/tf.local.zone"
-  request-xfr: AXFR {primary[0]}@{primary[1]} NOKEY
-  allow-notify: {primary[0]} NOKEY
-""")
-    return conf
+    return nsd.write_conf(
+        workdir, "127.0.0.1", port, "tf.local.",
+        f'  zonefile: "{workdir}/tf.local.zone"\n'
+        f"  request-xfr: AXFR {primary[0]}@{primary[1]} NOKEY\n"
+        f"  allow-notify: {primary[0]} NOKEY\n",
+        "  verbosity: 1\n",
+    )  # fmt: skip
 
 
 def test_nsd_secondary_transfers_the_zone_and_answers(
