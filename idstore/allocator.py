@@ -38,6 +38,7 @@ from idstore.backends.base import (
 from idstore.config import PoolSettings
 from idstore.errors import IdstoreError, NotOwner, SessionLost, SlotTaken
 from idstore.hinted import SlotHint
+from idstore.placement import needs_holes, target
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class Allocator:
         # loss) each get their own slot back instead of racing for the lowest ones and
         # swapping names.
         self._previous: int | None = None
+        # The claim itself: if the session outlived its presumed loss (a ZooKeeper session
+        # can) and we claim another slot (a hint freed meanwhile), this one is released,
+        # or it would live as long as the session.
+        self._given_up: Claim | None = None
 
     # -- public ----------------------------------------------------------------------
 
@@ -155,6 +160,7 @@ class Allocator:
                 self.pool.name,
             )
             self._previous = self.claim.slot
+            self._given_up = self.claim
             self._set(Status.LOST, None)
         if state is ConnectionState.CONNECTED:
             self._wake.set()
@@ -212,6 +218,7 @@ class Allocator:
                 self._report_full()
             return
         self._set(Status.HELD, claim)
+        self._release_given_up(claim)
         log.info(
             "claimed slot %s of pool %s: %s -> %s (backend %s)",
             claim.slot,
@@ -220,6 +227,21 @@ class Allocator:
             ", ".join(self.record.addresses) or "-",
             self.store.name,
         )
+
+    def _release_given_up(self, claim: Claim) -> None:
+        given_up, self._given_up = self._given_up, None
+        if given_up is None or given_up.slot == claim.slot:
+            return
+        try:
+            # Fenced on the claim's version: a slot someone else took meanwhile stays theirs.
+            if self.store.release(given_up):
+                log.info(
+                    "released slot %s of pool %s, held before the session was presumed lost",
+                    given_up.slot,
+                    self.pool.name,
+                )
+        except IdstoreError as e:  # it goes with its session or lease anyway
+            log.debug("could not release given-up slot %s: %s", given_up.slot, e)
 
     def _report_full(self) -> None:
         if self.status is not Status.WAITING:
@@ -322,9 +344,9 @@ class Allocator:
         store's atomic claim catches that, and the node reads its place again.
         """
         for attempt in range(QUEUE_ATTEMPTS):
-            if _needs_holes(pos) and pos.ticket is not None:
+            if needs_holes(pos) and pos.ticket is not None:
                 pos = self.store.position(pos.ticket, pos.slots, record.node_id, exact=True)
-            slot = _target(pos)
+            slot = target(pos)
             if slot is None:
                 return None
             self.claim_attempts += 1
@@ -388,25 +410,3 @@ class Allocator:
                 )
             return claim
         return None
-
-
-def _holes(pos: Position) -> int:
-    """Free slots below the highest claimed one."""
-    top = pos.slots.start - 1 if pos.highest is None else pos.highest
-    return (top - pos.slots.start + 1) - pos.taken
-
-
-def _needs_holes(pos: Position) -> bool:
-    """Our slot is a hole below the highest claim and the store did not say where."""
-    return pos.ahead < _holes(pos) and pos.free_below is None
-
-
-def _target(pos: Position) -> int | None:
-    """The ``ahead``-th lowest free slot of ``pos.slots``; None when there is none."""
-    holes = _holes(pos)
-    if pos.ahead < holes:
-        free = pos.free_below or ()
-        return free[pos.ahead] if pos.ahead < len(free) else None
-    top = pos.slots.start - 1 if pos.highest is None else pos.highest
-    slot = top + 1 + (pos.ahead - holes)
-    return slot if slot < pos.slots.stop else None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 
 from idstore.allocator import Allocator, Status
-from idstore.backends.base import SlotRecord, StoreOptions
+from idstore.backends.base import ConnectionState, SlotRecord, StoreOptions
 from idstore.backends.memory import MemoryStore, new_endpoint
 from idstore.config import PoolSettings
 from idstore.pattern import Pattern
@@ -104,3 +104,22 @@ def test_ports_are_chosen_once_preferring_the_earlier_claims(node: Start) -> Non
     _, a2 = node("a", ports=lambda prev: dict(prev) or {"grpc": 29999})
     c2 = a2.acquire()  # the earlier boot's claim is alive: its port comes back
     assert c2 is not None and c2.slot == c1.slot and c2.record.ports == {"grpc": 20001}
+
+
+def test_a_session_kept_after_a_presumed_loss_leaves_no_second_slot(node: Start) -> None:
+    """A ZooKeeper session can outlive its presumed loss and is kept: if the node then
+    claims another slot (its hinted one freed meanwhile), the slot it held before is
+    released, or the node would hold two for as long as the session lives."""
+    _, a = node("a", hint=0)
+    a.start()
+    wait_for(lambda: a.claim is not None and a.claim.slot == 0, 5)
+    store, b = node("b", hint=0)
+    b.start()
+    wait_for(lambda: b.claim is not None and b.claim.slot == 1, 5)
+    a.stop()  # slot 0 frees while b is away
+    store._set_state(ConnectionState.LOST)  # presumed lost; the session itself lives
+    wait_for(lambda: b.status is Status.LOST, 5)
+    store._set_state(ConnectionState.CONNECTED)
+    wait_for(lambda: b.claim is not None and b.claim.slot == 0, 5)
+    wait_for(lambda: set(store.list("worker").claims) == {0}, 5)
+    assert store.list("worker").claims[0].record.node_id == "b"

@@ -69,9 +69,14 @@ def test_outage_is_lost_locally_before_expiry_then_a_new_session(zk: ZooKeeperSe
 
         zk.start()
         wait_until(lambda: store.state is ConnectionState.CONNECTED, 20.0, "CONNECTED again")
-        assert store.session_id and store.session_id != old_session
-        # The given-up session was closed, so its slot is free for the new one.
-        wait_until(lambda: 0 not in store.list("worker").claims, 10.0, "old claim gone")
+        assert store.session_id
+        if store.session_id == old_session:
+            # A restarted server restores its sessions: ours survived its presumed loss
+            # and is kept, its claim with it (deleting that would make the name vanish).
+            assert store.list("worker").claims[0].session == old_session
+        else:
+            # Expired meanwhile: the new session finds the slot free.
+            wait_until(lambda: 0 not in store.list("worker").claims, 10.0, "old claim gone")
         again = store.claim("worker", 0, SlotRecord("n1", "boot1"))
         assert again.session == store.session_id
     finally:
@@ -302,3 +307,52 @@ def test_heartbeats_prove_only_their_own_session_and_a_lost_one_holds_nothing_ba
     assert session.valid_until() > before and store.renewals == 1
     # Never more than the timeout's share past the heartbeat's send time.
     assert session.valid_until() <= time.monotonic() + TTL * LOST_AFTER
+
+
+class _SessionLog:
+    def __init__(self, sid: int, granted: float) -> None:
+        self.granted = (sid, granted)
+
+
+class _StoppableClient:
+    """What _on_connected reads of a kazoo client; stopping it would close the session."""
+
+    def __init__(self, sid: int) -> None:
+        self.client_id = (sid, b"")
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def start_async(self) -> None:
+        raise AssertionError("a surviving session must not be replaced")
+
+
+def test_a_session_that_outlives_its_presumed_loss_is_kept_not_closed() -> None:
+    """Presumed LOST (SUSPENDED past the deadline), the session then reconnects alive:
+    closing it would delete its ephemerals, and every peer whose connection stayed up
+    would answer NXDOMAIN for this node's names until it claimed again (chaos soak,
+    seed 4242, a member's cable cut). It is kept; the holder hears CONNECTED and takes
+    back its own claim."""
+    from idstore.backends.zookeeper.session import Session
+
+    store = ZooKeeperStore(StoreOptions(ttl=TTL))
+    states = StateLog()
+    store.add_listener(states)
+    resets: list[str] = []
+    session = Session(store, store._set_state, parse_endpoints(store.options), None, resets.append)
+    client = _StoppableClient(7)
+    session.client, session.session_log = client, _SessionLog(7, TTL)  # type: ignore[assignment]
+    session._on_connected(time.monotonic())
+    assert store.state is ConnectionState.CONNECTED and session.sid == 7
+
+    store._set_state(ConnectionState.SUSPENDED)
+    session._presume_lost()
+    assert store.state is ConnectionState.LOST and session.valid_until() == 0.0
+
+    session._on_connected(time.monotonic())  # the same session, back
+    assert not client.stopped
+    assert store.state is ConnectionState.CONNECTED and session.sid == 7
+    assert session.valid_until() > time.monotonic()
+    assert [s for _, s in states.entries][-2:] == [ConnectionState.LOST, ConnectionState.CONNECTED]
+    assert resets[-1].startswith("reconnected")  # watches re-sync before CONNECTED is heard

@@ -4,9 +4,13 @@ States. kazoo reports SUSPENDED on a lost connection but learns of expiry only a
 reconnects, while the server expires the session a session timeout after it last heard
 from us and may hand our slot to another node (field notes: a partitioned client stays
 SUSPENDED, never LOST). Like Curator, idstore presumes the session LOST once it is
-SUSPENDED past the session's deadline. If the session then turns out to have survived,
-it is closed and a new one opened: once a holder was told LOST it claims again under a
-new session, and nothing of the old one lingers.
+SUSPENDED past the session's deadline. If the session then turns out to have survived
+(the deadline keeps a margin, so it often does), it is kept, as an etcd lease that
+outlived its presumed loss is: the holder was told LOST and stopped asserting its slot,
+and on CONNECTED the allocator takes back its own claim, still held by this very
+session. Closing it instead would delete its ephemerals and make its names vanish on
+every peer whose own connection stayed up (a chaos soak found exactly that:
+NXDOMAIN for live names after a member's cable was cut).
 
 Deadline (``valid_until``), from what idstore itself observes through kazoo's public
 API: the server cannot have heard from us later than it did, so it keeps the session at
@@ -128,7 +132,7 @@ class Session:
         self._inbox: queue.Queue[tuple[str, float] | None] = queue.Queue()
         self._supervisor: threading.Thread | None = None
         self._closing = False
-        # A session we told the holder is lost; if it reappears it is closed, not used.
+        # A session we told the holder is lost; if it reappears it is kept (logged).
         self._given_up_sid: int | None = None
         self._confirmed = 0.0  # monotonic: the server heard from us at or after this
         self._heartbeat_at = 0.0  # monotonic: when the next heartbeat is due
@@ -326,8 +330,12 @@ class Session:
             self._connected.set()  # open() fails with what is missing
             return
         if sid == self._given_up_sid:
-            self._replace_session(client, sid)
-            return
+            self._given_up_sid = None
+            log.info(
+                "session %x survived the outage after it was presumed lost: keeping it "
+                "(its claims are taken back, not deleted)",
+                sid,
+            )
         previous = self.store.state
         if self.sid is not None and sid != self.sid and previous is not ConnectionState.LOST:
             # A new session means the old one expired, even if kazoo never said so.
@@ -343,12 +351,3 @@ class Session:
         self._heartbeat_at = 0.0  # one right away: renewals show the session is back
         self.set_state(ConnectionState.CONNECTED)
         self._connected.set()
-
-    def _replace_session(self, client: KazooClient, sid: int) -> None:
-        """The session we gave up survived: close it (its ephemerals go) and start anew."""
-        log.info("session %x survived the outage but was given up: opening a new one", sid)
-        try:
-            client.stop()
-            client.start_async()  # kazoo keeps retrying; CONNECTED arrives via the listener
-        except Exception:
-            log.exception("could not replace ZooKeeper session %x", sid)
