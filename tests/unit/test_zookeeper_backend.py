@@ -64,8 +64,9 @@ def test_outage_is_lost_locally_before_expiry_then_a_new_session(zk: ZooKeeperSe
         lost_at = states.first(ConnectionState.LOST, killed)
         assert lost_at is not None
         # The server last heard from us at or before the kill, so it cannot expire the
-        # session before killed + TTL: LOST must come earlier, with margin.
-        assert lost_at - killed <= TTL * LOST_AFTER + 0.3, f"LOST after {lost_at - killed:.2f}s"
+        # session before killed + TTL: LOST must come before that (it is due at
+        # LOST_AFTER of it; the rest is margin for a loaded machine).
+        assert lost_at - killed < TTL, f"LOST after {lost_at - killed:.2f}s"
 
         zk.start()
         wait_until(lambda: store.state is ConnectionState.CONNECTED, 20.0, "CONNECTED again")
