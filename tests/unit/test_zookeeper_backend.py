@@ -8,10 +8,11 @@ someone else, and come back CONNECTED under a new session once the server return
 from __future__ import annotations
 
 import logging
+import queue
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,47 @@ def test_a_connection_reset_event_on_a_slot_watch_is_ignored() -> None:
         store._io, Listing("worker", {}, 0), lambda evs: None, lambda why: None, WatchRegistry()
     )
     watch._on_data(WatchedEvent(EventType.NONE, KeeperState.CONNECTING, None))
+
+
+def test_a_watch_reads_a_new_slot_once_and_delivers_each_change_once(
+    zk: ZooKeeperServer,
+) -> None:
+    """After a children notification the watch sends the listing, then a read of the
+    lowest free slot. A claim of that slot is delivered from that read (the listing
+    adopts it: no second read); a claim above it needs a read after the listing. Each
+    claim and release reaches the watcher once, in order."""
+    from idstore.backends.base import EventType, SlotEvent
+
+    options = zk.env().options(ttl=TTL, connect_timeout=10.0)  # one cluster for both
+    watcher, claimer = ZooKeeperStore(options), ZooKeeperStore(options)
+    batches: queue.Queue[list[tuple[EventType, int]] | str] = queue.Queue()
+
+    def on_events(events: Sequence[SlotEvent]) -> None:
+        batches.put([(e.type, e.slot) for e in events])
+
+    watcher.open()
+    claimer.open()
+    try:
+        handle = watcher.watch(watcher.list("pw"), on_events, batches.put)
+        sent = watcher.wire_requests
+        lowest = claimer.claim("pw", 0, SlotRecord("a", "0"))
+        assert batches.get(timeout=10) == [(EventType.PUT, 0)]
+        assert watcher.wire_requests - sent == 2  # the listing and the read behind it
+        sent = watcher.wire_requests
+        higher = claimer.claim("pw", 5, SlotRecord("b", "5"))
+        assert batches.get(timeout=10) == [(EventType.PUT, 5)]
+        # The listing, the read of slot 1 behind it (free), then the read of slot 5.
+        assert watcher.wire_requests - sent == 3
+        assert claimer.release(higher) and claimer.release(lowest)
+        assert batches.get(timeout=10) == [(EventType.DELETE, 5)]
+        assert batches.get(timeout=10) == [(EventType.DELETE, 0)]
+        claimer.claim("pw", 1, SlotRecord("c", "1"))
+        # Nothing was delivered twice: the next batch is the next change.
+        assert batches.get(timeout=10) == [(EventType.PUT, 1)]
+        handle.cancel()
+    finally:
+        claimer.close()
+        watcher.close()
 
 
 # -- TLS settings (no server needed: they are checked before any connection) ------------

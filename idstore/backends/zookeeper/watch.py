@@ -38,7 +38,10 @@ from idstore.errors import StoreError
 log = logging.getLogger(__name__)
 
 # Free slots read ahead with every re-listing of a pool (see PoolWatch._speculate).
-SPECULATIVE_READS = 4
+# Each read that misses is one more response the connection thread must take (its
+# GIL hand-off costs milliseconds on a busy node) before the read of the slot the
+# listing names: the lowest free slot is where a dense pool's next claim lands.
+SPECULATIVE_READS = 1
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,20 @@ class _Result:
     revision: int = 0
     reason: str = ""
     pending: dict[int, Any] = field(default_factory=dict)  # listing: reads of new slots
+
+
+@dataclass
+class _Round:
+    """One re-listing and the speculative reads sent right behind it.
+
+    ``lock`` is held while the requests are issued, so the listing's callback (which
+    may run before the issuing returns) sees every read; a read the listing adopts as
+    one of its new slots is delivered with it (``adopted``), not on its own. Re-entrant:
+    a stopped kazoo handler runs a failed request's callback inline, on our thread."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    reads: dict[int, Any] = field(default_factory=dict)
+    adopted: set[int] = field(default_factory=set)
 
 
 def _with_revision(event: SlotEvent, revision: int) -> SlotEvent:
@@ -102,33 +119,38 @@ class PoolWatch(DispatchedWatch[_Result]):
     def _client(self) -> KazooClient | None:
         return None if self.ended else self._wire.client()
 
-    def _request_listing(self) -> Any:
+    def _request_listing(self, speculate: bool = False) -> Any:
         client = self._client()
         if client is None:
             return None
-        self._wire.send()
-        req = client.get_children_async(self._path, watch=self._on_children, include_data=True)
-        req.rawlink(self._on_listing)
+        round_ = _Round()
+        with round_.lock:
+            self._wire.send()
+            req = client.get_children_async(self._path, watch=self._on_children, include_data=True)
+            req.rawlink(lambda result: self._on_listing(result, round_))
+            if speculate:
+                self._speculate(round_)
         return req
 
     def _on_children(self, event: WatchedEvent) -> None:
         # NONE: the connection was reset; the store tells every watch when it is back.
         if event.type != ZkEventType.NONE:
-            self._speculate()
-            self._request_listing()
+            self._request_listing(speculate=True)
 
-    def _speculate(self) -> None:
+    def _speculate(self, round_: _Round) -> None:
         """Read the lowest free slots along with the listing, in the same round trip.
 
         Slots are dense, so a new claim is almost always one of the lowest free ones;
         reading them at once, rather than after the listing names them, halves the
-        time in which a short-lived claim can come and go unseen.
+        time in which a short-lived claim can come and go unseen. They are sent after
+        the listing, so its reply (the deletions, the names of new slots) never waits
+        behind them; the listing adopts the read of a slot it names.
         """
         with self._tracked_lock:
             tracked = set(self._tracked)
         free = (s for s in itertools.count() if s not in tracked)
         for slot in itertools.islice(free, SPECULATIVE_READS):
-            self._request_slot(slot)
+            round_.reads[slot] = self._request_slot(slot, round_=round_)
 
     def _on_data(self, event: WatchedEvent) -> None:
         # NONE (connection reset) carries no path: the store re-syncs every watch then.
@@ -138,18 +160,30 @@ class PoolWatch(DispatchedWatch[_Result]):
         if slot is not None:
             self._request_slot(slot)
 
-    def _request_slot(self, slot: int, *, deliver: bool = True) -> Any:
+    def _request_slot(
+        self, slot: int, *, deliver: bool = True, round_: _Round | None = None
+    ) -> Any:
         """Read a slot, arming its data watch; ``deliver``: queue the result when it
-        comes (otherwise the caller hands the request to the watch thread itself)."""
+        comes (otherwise the caller hands the request to the watch thread itself);
+        ``round_``: a speculative read, not delivered on its own if its listing adopted
+        it (decided when it completes: kazoo completes requests in the order sent, so
+        the listing's callback has run by then)."""
         client = self._client()
         if client is None:
             return None
         self._wire.send()
         req = client.get_async(self._wire.paths.slot(self.pool, slot), watch=self._on_data)
-        req.rawlink(lambda result: self._on_slot(slot, result, deliver))
+
+        def done(result: Any) -> None:
+            alone = deliver and (round_ is None or slot not in round_.adopted)
+            self._on_slot(slot, result, alone)
+
+        req.rawlink(done)
         return req
 
-    def _on_listing(self, result: Any) -> None:
+    def _on_listing(self, result: Any, round_: _Round) -> None:
+        with round_.lock:  # every speculative read of this round has been issued
+            pass
         try:
             children, stat = result.get_nowait()
         except NoNodeError:
@@ -164,7 +198,13 @@ class PoolWatch(DispatchedWatch[_Result]):
             self._tracked = slots
         # The listing travels with the reads of its new slots, so the watch thread
         # delivers its deletions and creations together, in zxid order.
-        pending = {slot: self._request_slot(slot, deliver=False) for slot in new}
+        pending = {}
+        for slot in new:
+            if slot in round_.reads:
+                round_.adopted.add(slot)
+                pending[slot] = round_.reads[slot]
+            else:
+                pending[slot] = self._request_slot(slot, deliver=False)
         self.post(_Result("listing", slots=slots, revision=int(stat.pzxid), pending=pending))
 
     def _await_pool(self) -> None:
