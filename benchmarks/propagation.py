@@ -7,8 +7,8 @@ each claim a UDP query loop asks the node for the slot's name until it answers
 (``claim``); after each release until it is NXDOMAIN (``release``), pausing ``--poll-ms``
 (0.5 ms) between queries. Times are taken from just before the store request (``*_ms``)
 and from its return, i.e. the store has committed (``*_after_commit_ms``). Prints one
-JSON line per backend with p50, p95, p99 and max in milliseconds; the goal is p99 <
-100 ms on a healthy store.
+JSON line per backend with p50, p95, p99 and max in milliseconds, and the goal for p99
+(issue 16: ZooKeeper under 50 ms, etcd under 20 ms) as ``p99_goal_ms``.
 
 Why the pause: on 2 cores a loop that never pauses takes one core and keeps the node
 answering on the other, so the store and the node's watch threads wait for CPU and the
@@ -48,6 +48,8 @@ from benchmarks.dns_qps import (
 
 LIMIT = 64
 TIMEOUT = 5.0  # per name: a change not visible by then counts as this long
+# issue 16: claim-to-answer on a peer, p99
+P99_GOAL_MS = {"zookeeper": 50, "etcd": 20}
 
 
 def until(
@@ -117,7 +119,7 @@ def measure(backend: str, claims: int, workdir: Path, pause: float) -> dict[str,
                 "release_after_commit_ms": summary(times["release_commit"]),
                 "not_seen_within_5s": late,
                 "poll_ms": round(pause * 1000, 3),
-                "p99_goal_ms": 100,
+                "p99_goal_ms": P99_GOAL_MS.get(backend, 50),
                 "loadavg": loadavg(),
             }
         finally:
