@@ -30,7 +30,6 @@ and whole replies.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterator
 
@@ -116,7 +115,7 @@ class NameIndex:
         out = []
         for addr in member.addresses:
             try:
-                rev = name_to_wire(ipaddress.ip_address(addr).reverse_pointer)
+                rev = reverse.pointer(addr)
             except ValueError:
                 continue
             for apex in self.reverse:

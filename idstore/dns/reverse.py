@@ -11,6 +11,7 @@ warns when the answer is REFUSED), hence the default.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from idstore.dns.wire import label_offsets, name_to_wire
@@ -25,9 +26,17 @@ _V6_LABELS = 18
 def reverse_name(address: str) -> bytes | None:
     """The PTR owner of ``address`` in wire form; None for what is not an address."""
     try:
-        return name_to_wire(ipaddress.ip_address(address.split("%", 1)[0]).reverse_pointer)
+        return pointer(address.split("%", 1)[0])
     except ValueError:
         return None
+
+
+# Cached: parsing the address is most of what indexing a member costs, and a churning
+# pool claims the same addresses again and again (a node that restarts keeps its own).
+@functools.lru_cache(maxsize=4096)
+def pointer(address: str) -> bytes:
+    """The PTR owner of the literal ``address`` in wire form; ValueError otherwise."""
+    return name_to_wire(ipaddress.ip_address(address).reverse_pointer)
 
 
 def zone_of(qname: bytes) -> bytes | None:

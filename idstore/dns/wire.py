@@ -10,6 +10,7 @@ recurses (RecursionError on a two-pointer loop, ~1 s of CPU on a 6 KB chain).
 
 from __future__ import annotations
 
+import functools
 import struct
 
 # Record types
@@ -249,6 +250,10 @@ def _has_nsid(data: bytes, pos: int, end: int) -> bool:
 # --------------------------------------------------------------------------- names
 
 
+# Cached: every change of the view converts the member's name and its DNS-SD instance
+# name, and a churning pool converts the same few names again and again. Bounded, so a
+# 10,000-member pool's names do not all stay in memory twice.
+@functools.lru_cache(maxsize=4096)
 def name_to_wire(name: str) -> bytes:
     """``worker3.tf.local.`` -> ``\\x07worker3\\x02tf\\x05local\\x00`` (lower-cased)."""
     text = name.strip().lower().rstrip(".")
