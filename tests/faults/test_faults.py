@@ -27,7 +27,7 @@ from tests.faults.conftest import (
     name_of,
     report,
 )
-from tests.harness.netns import NetnsLab
+from tests.harness.netns import NetnsLab, NetnsNode
 from tests.harness.nodes import wait_for
 from tests.harness.sampler import Sampler
 
@@ -153,17 +153,21 @@ def stale_window(s: Sampler, probe: str, since: float) -> tuple[int, float | Non
 # --------------------------------------------------------------------------- 2. partition
 
 
-def test_partitioned_host_stops_asserting_before_its_slot_can_be_given_away(
-    lab: NetnsLab, lab_cluster: FaultCluster
-) -> None:
-    c = lab_cluster
+def four_hosts(lab: NetnsLab, c: FaultCluster) -> tuple[NetnsNode, int, str]:
+    """Four namespace hosts claimed and converged; host1 (the victim), its slot, its name."""
     nodes = [c.host_node(lab, i) for i in range(4)]
     for n in nodes:
         n.wait_claimed(60)
     c.wait_converged(20)
-    victim = nodes[1]
-    v_slot = claims_in_log(victim)[0][0]
-    v_name = name_of(v_slot)
+    v_slot = claims_in_log(nodes[1])[0][0]
+    return nodes[1], v_slot, name_of(v_slot)
+
+
+def test_partitioned_host_stops_asserting_before_its_slot_can_be_given_away(
+    lab: NetnsLab, lab_cluster: FaultCluster
+) -> None:
+    c = lab_cluster
+    victim, v_slot, v_name = four_hosts(lab, c)
     v_nonce = c.truth()[v_name].nonce
     with c.sampler() as s:
         time.sleep(1)
@@ -223,13 +227,7 @@ def test_a_cut_the_session_outlives_keeps_the_name_on_every_peer(
     claim back, not close it: closing deletes the claim, and every peer whose own
     connection stayed up would answer NXDOMAIN for a live node's name."""
     c = lab_cluster
-    nodes = [c.host_node(lab, i) for i in range(4)]
-    for n in nodes:
-        n.wait_claimed(60)
-    c.wait_converged(20)
-    victim = nodes[1]
-    v_slot = claims_in_log(victim)[0][0]
-    v_name = name_of(v_slot)
+    victim, v_slot, v_name = four_hosts(lab, c)
     with c.sampler() as s:
         time.sleep(1)
         s.isolated.add(victim.name)
