@@ -399,3 +399,33 @@ def test_a_session_that_outlives_its_presumed_loss_is_kept_not_closed() -> None:
     assert session.valid_until() > time.monotonic()
     assert [s for _, s in states.entries][-2:] == [ConnectionState.LOST, ConnectionState.CONNECTED]
     assert resets[-1].startswith("reconnected")  # watches re-sync before CONNECTED is heard
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.cuts = 0
+
+    def cut(self) -> None:
+        self.cuts += 1
+
+
+@pytest.mark.parametrize("hosts, cuts", [("10.0.0.1:2181,10.0.0.2:2181", 1), ("10.0.0.1:2181", 0)])
+def test_a_silent_server_is_left_for_another_once_per_heartbeat(hosts: str, cuts: int) -> None:
+    """A heartbeat unanswered for FAILOVER_AFTER of the session: the socket is cut so
+    kazoo moves the session to the next server long before it could expire (kazoo's own
+    read timeout is 2/3 of it); once per heartbeat, and never with one server."""
+    from idstore.backends.zookeeper.session import FAILOVER_AFTER, Session
+
+    store = ZooKeeperStore(StoreOptions(ttl=TTL, endpoints=tuple(hosts.split(","))))
+    session = Session(store, store._set_state, parse_endpoints(store.options), None, print)
+    client, handler = _Client(), _Handler()
+    session.client, session.handler, session.sid = client, handler, 1  # type: ignore[assignment]
+    store._set_state(ConnectionState.CONNECTED)
+    session._heartbeat()
+    assert session._heartbeat_out is not None
+    session._tick()
+    assert handler.cuts == 0  # just sent
+    session._heartbeat_out = (1, time.monotonic() - TTL * FAILOVER_AFTER - 0.01)
+    session._tick()
+    session._tick()
+    assert handler.cuts == cuts

@@ -138,12 +138,14 @@ class Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is unt
       comes up CONNECTED on this attempt lives at least a session timeout from then.
     - ``last_error``: why the latest attempt failed (``host:port: reason``), for open();
       kazoo itself only logs it and tries again until start() times out.
+    - ``cut()``: cut the live connection (kazoo moves to the next server).
     - ``drop()``: cut the live connection and refuse new ones, as a crash would.
     """
 
-    def __init__(self, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None, connect_cap: float | None = None) -> None:
         super().__init__()
         self.tls = tls
+        self.connect_cap = connect_cap  # see connect_cap()
         self.socket_lock = threading.Lock()
         self.live_socket: socket.socket | None = None
         self.refusing = False
@@ -157,10 +159,14 @@ class Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is unt
         try:
             if self.refusing:
                 raise ConnectionRefusedError("idstore dropped this client's connection")
+            timeout = kwargs.get("timeout")
+            connect = timeout
+            if self.connect_cap is not None:
+                connect = self.connect_cap if timeout is None else min(timeout, self.connect_cap)
             if self.tls is None or not kwargs.get("use_ssl"):
-                conn = super().create_connection(*args, **kwargs)
+                conn = super().create_connection(*args, **{**kwargs, "timeout": connect})
             else:
-                conn = self.open_tls(address, kwargs.get("timeout"), host)
+                conn = self.open_tls(address, connect, timeout, host)
         except Exception as e:
             self.last_error = connect_failure(host, int(address[1]), e)
             raise
@@ -171,9 +177,12 @@ class Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is unt
             self.live_socket = conn
         return conn
 
-    def open_tls(self, address: Any, timeout: float | None, host: str) -> ssl.SSLSocket:
+    def open_tls(
+        self, address: Any, connect: float | None, timeout: float | None, host: str
+    ) -> ssl.SSLSocket:
         assert self.tls is not None
-        sock = socket.create_connection(address, timeout)
+        sock = socket.create_connection(address, connect)
+        sock.settimeout(timeout)  # the handshake needs the server's JVM, not just its kernel
         try:
             conn = self.tls.wrap_socket(sock, server_hostname=host)
         except BaseException:
@@ -181,6 +190,15 @@ class Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is unt
             raise
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as kazoo does
         return conn
+
+    def cut(self) -> None:
+        """Cut the live connection as a network failure would; kazoo then connects to
+        the next server, the session intact (see session.FAILOVER_AFTER)."""
+        with self.socket_lock:
+            sock = self.live_socket
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed by kazoo already: nothing to cut
+                sock.shutdown(socket.SHUT_RDWR)
 
     def drop(self) -> None:
         """Cut the live connection without a closeSession and refuse any new one: the
@@ -192,6 +210,16 @@ class Handler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is unt
         if sock is not None:
             with contextlib.suppress(OSError):  # closed by kazoo already: nothing to cut
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def connect_cap(ttl: float) -> float:
+    """How long one TCP connect may take. kazoo allows a whole session timeout and
+    shuffles the servers before every pass, so after a server's cable is cut it tried
+    that server first again a third of the time and waited there until the session
+    expired (chaos soak, ZooKeeper, ttl 3). A live server's kernel answers a connect at
+    once, however busy its JVM, so a tenth of the ttl (at least 0.2 s, at most 1 s)
+    leaves room for the next server."""
+    return min(1.0, max(0.2, ttl / 10))
 
 
 def connection_retry(ttl: float) -> KazooRetry:

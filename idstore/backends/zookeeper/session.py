@@ -52,7 +52,13 @@ from kazoo.protocol.states import KazooState
 from kazoo.security import ACL
 
 from idstore.backends.base import ConnectionState, SlotStore
-from idstore.backends.zookeeper.connection import ConnectSpec, Handler, new_client, tls_context
+from idstore.backends.zookeeper.connection import (
+    ConnectSpec,
+    Handler,
+    connect_cap,
+    new_client,
+    tls_context,
+)
 from idstore.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,14 @@ LOST_AFTER = 0.8
 # timeout ahead while the server answers, and kazoo's own pings (due a third of the
 # timeout after the last request) are superseded rather than doubled.
 HEARTBEATS = 4
+# A server that stops answering (its cable cut, say) is left when a heartbeat has gone
+# unanswered this share of the session timeout. kazoo alone waits 2/3 of it (its read
+# timeout) and may try the silent server first again, so with a short ttl the session
+# expired before the client reached another server, and every peer answered NXDOMAIN
+# for a live node's names until it claimed again (chaos soak, ZooKeeper, a member's
+# cable cut). Cutting the socket makes kazoo move to the next server at once, with the
+# session intact; a slow answer on a busy node costs one reconnect and a re-sync.
+FAILOVER_AFTER = 1 / 3
 # How long open() waits for the state machine to see the new session.
 STATE_SETTLE = 5.0
 # The znode the heartbeat asks about: it always exists and any client may ask.
@@ -140,6 +154,8 @@ class Session:
         # queued when a session expires without ever answering them: one outstanding for
         # a session since replaced, or for a whole timeout, no longer holds the next back.
         self._heartbeat_out: tuple[int, float] | None = None
+        self._failed_over: tuple[int, float] | None = None  # the heartbeat we left over
+        self._servers = len(spec.hosts.split("/", 1)[0].split(","))
         self._missing: str | None = None  # what kazoo did not tell us (open() fails)
         self._connected = threading.Event()
 
@@ -155,7 +171,7 @@ class Session:
                 target=self._supervise, name="zk-supervisor", daemon=True
             )
             self._supervisor.start()
-        handler = Handler(tls)
+        handler = Handler(tls, connect_cap(self.options.ttl))
         session_log = SessionLog(logging.getLogger("kazoo.client"))
         client = new_client(self.options, self.spec, handler, session_log, self.acl)
         client.add_listener(lambda state: self._on_kazoo_state(handler, state))
@@ -245,8 +261,22 @@ class Session:
         state = self.store.state
         if self._closing or state is ConnectionState.LOST:
             return None  # nothing to do until kazoo reports a state
-        due = self._heartbeat_at if state is ConnectionState.CONNECTED else self.valid_until()
+        if state is ConnectionState.CONNECTED:
+            due = self._heartbeat_at
+            failover = self._failover_due()
+            if failover is not None:
+                due = min(due, failover)
+        else:
+            due = self.valid_until()
         return max(0.0, due - time.monotonic())
+
+    def _failover_due(self) -> float | None:
+        """When to leave the server for the next one, if the outstanding heartbeat stays
+        unanswered (None: nothing outstanding, already left, or no other server)."""
+        out = self._heartbeat_out
+        if out is None or out[0] != self.sid or out == self._failed_over or self._servers < 2:
+            return None
+        return out[1] + self.timeout * FAILOVER_AFTER
 
     def _tick(self) -> None:
         if self._closing:
@@ -254,8 +284,26 @@ class Session:
         state = self.store.state
         if state is ConnectionState.SUSPENDED and time.monotonic() >= self.valid_until():
             self._presume_lost()
-        elif state is ConnectionState.CONNECTED and time.monotonic() >= self._heartbeat_at:
-            self._heartbeat()
+        elif state is ConnectionState.CONNECTED:
+            failover = self._failover_due()
+            if failover is not None and time.monotonic() >= failover:
+                self._fail_over()
+            if time.monotonic() >= self._heartbeat_at:
+                self._heartbeat()
+
+    def _fail_over(self) -> None:
+        self._failed_over = self._heartbeat_out
+        handler = self.handler
+        if handler is None:
+            return
+        log.warning(
+            "no ZooKeeper answer to a heartbeat in %.1fs (of a %.1fs session): moving "
+            "session %s to another server",
+            self.timeout * FAILOVER_AFTER,
+            self.timeout,
+            self.session_id,
+        )
+        handler.cut()
 
     def _heartbeat(self) -> None:
         client, sid = self.client, self.sid
