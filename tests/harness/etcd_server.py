@@ -28,6 +28,7 @@ from pathlib import Path
 
 from idstore.backends.base import SlotStore
 from tests.harness.env import BackendEnv
+from tests.harness.lifecycle import StartedInBlock
 from tests.harness.ports import free_port
 
 ETCD = os.environ.get("IDSTORE_TEST_ETCD", "/usr/bin/etcd")
@@ -186,7 +187,7 @@ class EtcdMember:
         self.proc = None
 
 
-class EtcdCluster:
+class EtcdCluster(StartedInBlock):
     """``size`` etcd members on loopback forming one cluster; a context manager.
 
     ``kill(i)`` / ``stop(i)`` / ``start(i)`` act on member ``i``; without ``i`` on all.
@@ -274,17 +275,6 @@ class EtcdCluster:
         self._stop_all(self.members)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> EtcdCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- helpers -------------------------------------------------------------------------
 
     def _targets(self, i: int | None) -> list[EtcdMember]:
@@ -335,10 +325,6 @@ class EtcdServer(EtcdCluster):
     @property
     def member(self) -> EtcdMember:
         return self.members[0]
-
-    def __enter__(self) -> EtcdServer:
-        super().__enter__()
-        return self
 
 
 class EtcdEnv(BackendEnv):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tests.harness import zk_server
 from tests.harness.etcd_server import EtcdMember, etcdctl
+from tests.harness.lifecycle import StartedInBlock
 from tests.harness.netns import NetnsLab, ip
 from tests.harness.zk_server import Ports
 
@@ -109,7 +110,7 @@ class _NsZkMember(zk_server._Member):
         return b"Mode: " in reply
 
 
-class NsCluster:
+class NsCluster(StartedInBlock):
     """A 3-member store of ``backend`` on lab hosts ``hosts``; a context manager."""
 
     def __init__(self, backend: str, lab: NetnsLab, hosts: Sequence[int] = (0, 1, 2)) -> None:
@@ -217,14 +218,3 @@ class NsCluster:
             with contextlib.suppress(Exception):
                 self.kill(k)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NsCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -29,11 +29,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from idstore.backends.base import SlotStore
 from tests.harness.env import BackendEnv
+from tests.harness.lifecycle import StartedInBlock
 from tests.harness.ports import free_port
 
 JAVA = shutil.which("java") or "/usr/bin/java"
@@ -272,33 +271,7 @@ def expire_session(endpoints: Sequence[str], store: SlotStore) -> None:
         twin.close()
 
 
-class _StartedInBlock:
-    """``with`` starts the server(s) and always cleans up, also when start() fails."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def cleanup(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-
-class ZooKeeperServer(_StartedInBlock):
+class ZooKeeperServer(StartedInBlock):
     """A standalone ZooKeeper on a free loopback port; a context manager.
 
     ``kill()`` (SIGKILL) and ``stop()`` keep the data dir and port so ``start()`` brings
@@ -354,7 +327,7 @@ class ZooKeeperServer(_StartedInBlock):
     def log_tail(self, lines: int = 40) -> str:
         return self._require().log_tail(lines)
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
         self.kill()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -362,7 +335,7 @@ class ZooKeeperServer(_StartedInBlock):
         self._member = None
 
 
-class ZooKeeperEnsemble(_StartedInBlock):
+class ZooKeeperEnsemble(StartedInBlock):
     """Three (or ``size``) ZooKeeper members on loopback, each with its own ports.
 
     ``kill(i)``/``stop(i)``/``start(i)`` act on one member, so a test can take the
@@ -443,7 +416,7 @@ class ZooKeeperEnsemble(_StartedInBlock):
             for m in re.findall(r"sid=0x([0-9a-f]+)", reply.decode(errors="replace"))
         }
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
         for m in self.members:
             m.signal(signal.SIGKILL)
         if self._tmp is not None:
