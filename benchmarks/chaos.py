@@ -314,10 +314,23 @@ def _wait(pred: Any, timeout: float, what: str | None) -> bool:
 
 
 def run(
-    backend: str, seed: int, duration: float, nodes: int = 4, grace: float = GRACE
+    backend: str,
+    seed: int,
+    duration: float,
+    nodes: int = 4,
+    grace: float = GRACE,
+    keep_logs: bool = False,
 ) -> dict[str, Any]:
-    """One backend's soak (bounded: ``duration`` at most MAX_DURATION)."""
+    """One backend's soak (bounded: ``duration`` at most MAX_DURATION).
+
+    With ``keep_logs`` the working directory (each node's log, the store's data) is left
+    in place and named in the summary as ``logs``: a violation in a long soak is only
+    worth finding if what the nodes said at that moment can be read afterwards.
+    """
     duration = max(1.0, min(duration, MAX_DURATION))
+    if keep_logs:
+        tmp = tempfile.mkdtemp(prefix="idstore-chaos-")
+        return {**Soak(backend, seed, duration, nodes, Path(tmp), grace).run(), "logs": tmp}
     with tempfile.TemporaryDirectory(prefix="idstore-chaos-") as tmp:
         return Soak(backend, seed, duration, nodes, Path(tmp), grace).run()
 
@@ -334,12 +347,19 @@ def main() -> int:
         default=GRACE,
         help="the nodes' dns.reclaim_grace (0 shows what the checker finds without it)",
     )
+    ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the nodes' logs and the store's data; the summary names the directory",
+    )
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     bad = 0
     for backend in args.backend.split(","):
         nodes = max(1, min(args.nodes, 5))
-        summary = run(backend.strip(), seed, args.duration, nodes, args.reclaim_grace)
+        summary = run(
+            backend.strip(), seed, args.duration, nodes, args.reclaim_grace, args.keep_logs
+        )
         bad += summary["violations_total"]
         print(json.dumps(summary), flush=True)
     return 1 if bad else 0
