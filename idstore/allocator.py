@@ -36,9 +36,10 @@ from idstore.backends.base import (
     Ticket,
 )
 from idstore.config import PoolSettings
-from idstore.errors import IdstoreError, NotOwner, SessionLost, SlotTaken
+from idstore.errors import IdstoreError, SessionLost, SlotTaken
 from idstore.hinted import SlotHint
 from idstore.placement import needs_holes, target
+from idstore.takeback import TakeBack
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Allocator:
         self.record = record
         self.max_attempts = max_attempts_per_round
         self.hint = SlotHint(pool, prefer_slot, require) if prefer_slot is not None else None
+        self._sticky = TakeBack(store)
         # None once the ports are chosen (they then live in self.record)
         self._choose_ports = choose_ports
         self.status = Status.STARTING
@@ -269,7 +271,9 @@ class Allocator:
         pos = self._join()
         record = self._with_ports(record, pos.own)
         if pos.own:
-            sticky = self._take_back(pos.own, record)
+            before = self._sticky.attempts
+            sticky = self._sticky.lowest(pos.own, self.pool.slots(), record, pos.ticket)
+            self.claim_attempts += self._sticky.attempts - before
             if sticky is not None:
                 if pos.ticket is not None:
                     self._leave(pos.ticket)  # queued before it knew of its old claim
@@ -388,25 +392,3 @@ class Allocator:
             self.store.dequeue(ticket)
         except IdstoreError as e:  # it leaves with our session anyway
             log.debug("could not leave the queue of pool %s: %s", ticket.pool, e)
-
-    def _take_back(self, own: Iterable[Claim], record: SlotRecord) -> Claim | None:
-        ours = sorted(
-            (c for c in own if c.record.node_id == record.node_id and c.slot in self.pool.slots()),
-            key=lambda c: c.slot,
-        )
-        for previous in ours:
-            if previous.session == self.store.session_id and previous.record.same_boot(record):
-                return previous
-            self.claim_attempts += 1
-            try:
-                claim = self.store.reclaim(previous, record)
-            except (SlotTaken, NotOwner):
-                continue
-            if previous.record.nonce != record.nonce:
-                log.info(
-                    "took back slot %s of pool %s from an earlier boot of this node",
-                    previous.slot,
-                    self.pool.name,
-                )
-            return claim
-        return None

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 
 from idstore.backends.base import Claim, SlotRecord, SlotStore
 from idstore.config import PoolSettings
-from idstore.errors import NotOwner, SlotTaken
+from idstore.errors import SlotTaken
+from idstore.takeback import TakeBack
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ class SlotHint:
             self._reported = None
             return claim
         if owner is not None and owner.record.node_id == record.node_id:
-            self.attempts += 1
-            try:
-                return store.reclaim(owner, with_ports(record, (owner,)))
-            except (SlotTaken, NotOwner):
-                pass
+            back = TakeBack(store)
+            taken = back.one(owner, with_ports(record, (owner,)))
+            self.attempts += back.attempts
+            if taken is not None:
+                return taken
         self._report(owner)
         return None
 

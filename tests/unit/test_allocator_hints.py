@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,46 @@ def test_a_session_kept_after_a_presumed_loss_leaves_no_second_slot(node: Start)
     wait_for(lambda: b.claim is not None and b.claim.slot == 0, 5)
     wait_for(lambda: set(store.list("worker").claims) == {0}, 5)
     assert store.list("worker").claims[0].record.node_id == "b"
+
+
+def test_a_restart_whose_old_claim_expires_meanwhile_gets_that_slot_back(node: Start) -> None:
+    """A restarted node lists its earlier boot's claim, which expires before the node
+    takes it back: the slot is free and goes to this node again, not to the next free
+    slot its listing pointed at (chaos soak: a restarted node came back as another name,
+    and every peer answered NXDOMAIN for its old one)."""
+    _, old = node("a")
+    assert (c := old.acquire()) is not None and c.slot == 0
+    for other in ("b", "c"):
+        assert node(other)[1].acquire() is not None
+    store, new = node("a")
+    reclaim, enqueue = store.reclaim, store.enqueue
+
+    def always_queued(pool: str, slots: range, node_id: str, sticky: bool = True) -> Any:
+        return enqueue(pool, slots, node_id, False)  # as on ZooKeeper: it cannot skip
+
+    def expiring_first(previous: Any, record: SlotRecord) -> Any:
+        assert old.store.release(c)  # the earlier boot's session expires just now
+        return reclaim(previous, record)
+
+    store.reclaim = expiring_first  # type: ignore[method-assign]
+    store.enqueue = always_queued  # type: ignore[method-assign]
+    claim = new.acquire()
+    assert claim is not None and claim.slot == 0 and claim.session == store.session_id
+    assert sorted(store.list("worker").claims) == [0, 1, 2]
+
+
+def test_a_hinted_restart_whose_old_claim_expires_meanwhile_keeps_its_hinted_slot(
+    node: Start,
+) -> None:
+    _, old = node("a", hint=2)
+    assert (c := old.acquire()) is not None and c.slot == 2
+    store, new = node("a", hint=2)
+    reclaim = store.reclaim
+
+    def expiring_first(previous: Any, record: SlotRecord) -> Any:
+        assert old.store.release(c)  # the earlier boot's session expires just now
+        return reclaim(previous, record)
+
+    store.reclaim = expiring_first  # type: ignore[method-assign]
+    claim = new.acquire()  # not the lowest free slot (0): the hinted one, free again
+    assert claim is not None and claim.slot == 2 and claim.session == store.session_id
