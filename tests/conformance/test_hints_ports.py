@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,33 @@ def test_sticky_port_without_a_hint_comes_from_the_earlier_claim(
     again = node("a", ports=lambda prev: dict(prev) or {"grpc": 31777}).acquire()
     assert again is not None and again.slot == first.slot
     assert again.record.ports == {"grpc": 31555}
+
+
+@pytest.mark.parametrize("hint", [None, 3])
+def test_a_restart_whose_earlier_claim_expires_meanwhile_comes_back_as_the_same_name(
+    node: Start, open_store: Factory, hint: int | None
+) -> None:
+    """The restarted node lists its earlier boot's claim, whose session then ends before
+    the take-back: the slot is free and comes back to this node, not the next free slot
+    its listing pointed at (chaos soak seed 20261201 on ZooKeeper, which always queues:
+    every peer answered NXDOMAIN for the node's old name)."""
+    crashed = open_store()
+    first = node("a", hint=hint, store=crashed).acquire()
+    assert first is not None
+    for other in ("b", "c"):
+        assert node(other).acquire() is not None
+    store = open_store()
+    reclaim = store.reclaim
+
+    def session_ends_first(previous: Any, record: SlotRecord) -> Any:
+        crashed.close(release=True)  # the crashed boot's session expires just now
+        return reclaim(previous, record)
+
+    store.reclaim = session_ends_first  # type: ignore[method-assign]
+    again = node("a", hint=hint, store=store).acquire()
+    assert again is not None and again.slot == first.slot
+    assert again.session == store.session_id
+    assert len(open_store().list("worker").claims) == 3
 
 
 def test_published_ports_reach_launch_values_through_the_store(
