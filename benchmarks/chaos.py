@@ -18,7 +18,8 @@ until ``--duration`` seconds have passed, one fault at a time, drawn from ``--se
 - ``clock_jump``: move a node's wall clock by an hour (forward or back), then back.
 
 After each heal the soak waits (at most ``CONVERGE_MAX`` s) until the cluster converged:
-every node holds one slot and every node answers the store's view. Meanwhile
+every node holds one slot, no claim of a killed process is left (its session expired or
+the restarted process took it back), and every node answers the store's view. Meanwhile
 ``tests.harness.sampler.Sampler`` probes every node's DNS and reads the store every
 100 ms, and ``benchmarks.chaos_check.Checker`` turns the samples into violations.
 
@@ -27,11 +28,13 @@ counts and every violation kind with a count and examples. Exit status 1 when an
 had a violation. Needs root (network namespaces). Usage::
 
     python benchmarks/chaos.py [--backend etcd,zookeeper] [--duration 120] [--seed N]
+                               [--nodes 4] [--reclaim-grace 5] [--keep-logs]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ from benchmarks.chaos_check import Checker, Fault
 from tests.harness.netns import NetnsLab, NetnsNode
 from tests.harness.ns_cluster import NsCluster
 from tests.harness.sampler import (
+    Owner,
     Sampler,
     answers_view,
     dns_probe,
@@ -94,6 +99,10 @@ class Soak:
         self.faults: list[Fault] = []
         self.nodes: list[NetnsNode] = []
         self.clocks: list[Path] = []
+        # Boots of killed nodes: until their claims are gone (expired or taken back by
+        # the restarted process) the cluster has not converged, whatever DNS answers.
+        self.dead_nonces: set[str] = set()
+        self.truth: Callable[[], dict[str, Owner]] = dict  # the store's owners (in _soak)
 
     # -- setup -----------------------------------------------------------------------
 
@@ -145,6 +154,8 @@ class Soak:
         def truth() -> Any:
             return store_owners(observer, POOL, lambda s: f"{POOL}{s}.{ZONE}")
 
+        self.truth = truth
+
         def probe_of(n: NetnsNode) -> Any:
             inner = dns_probe("127.0.0.1", 53)
             return lambda names: n.host.run(lambda: inner(names)).result(timeout=10)
@@ -160,6 +171,8 @@ class Soak:
             try:
                 owners = truth()
                 if sorted(o.node_id for o in owners.values()) != [f"n{i}" for i in range(self.n)]:
+                    return False
+                if any(o.nonce in self.dead_nonces for o in owners.values()):
                     return False
                 want = expected_view(owners, NAMES)
                 live = probes()
@@ -214,6 +227,10 @@ class Soak:
         f = Fault(kind, target, time.monotonic(), detail=f"hold {hold:.1f}s")
         node = self.nodes[target] if not kind.startswith("member") else None
         if kind == "node_kill" and node is not None:
+            with contextlib.suppress(Exception):  # a store down: its claims die with it
+                self.dead_nonces.update(
+                    o.nonce for o in self.truth().values() if o.node_id == node.name
+                )
             node.kill()
         elif kind == "node_pause" and node is not None:
             s.isolated.add(node.name)

@@ -16,7 +16,8 @@ Output: violations by kind, each with examples. Kinds:
 - ``no-slot`` — a node that answers, with no fault anywhere for ``NO_SLOT_AFTER`` s,
   asserts no name while the pool has a free slot;
 - ``no-convergence`` — after a fault healed, the cluster did not converge (every node
-  holding one slot, every live node answering the store's view) within the soak's bound.
+  holding one slot, no killed process's claim left, every live node answering the
+  store's view) within the soak's bound.
 """
 
 from __future__ import annotations
