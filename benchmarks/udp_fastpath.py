@@ -61,6 +61,17 @@ class BaselineUdp(BatchUdp):
         super().__init__(*args)
         m = mmsg
         assert m is not None
+        # The calls as they were: through ``argtypes``, pointers passed as Python ints.
+        libc = ctypes.PyDLL(None, use_errno=True)
+        self.recvmmsg = libc.recvmmsg
+        self.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                                  ctypes.c_void_p]  # fmt: skip
+        self.recvmmsg.restype = ctypes.c_int
+        self.sendmmsg = libc.sendmmsg
+        self.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        self.sendmmsg.restype = ctypes.c_int
+        self.rhdr_addr = ctypes.addressof(self.rhdr)
+        self.shdr_addr = ctypes.addressof(self.shdr)
         self.siov = (m.Iovec * m.BATCH)()
         for i in range(m.BATCH):
             self.siov[i].base = self.sbase + i * m.SSLOT
@@ -73,7 +84,7 @@ class BaselineUdp(BatchUdp):
         for _ in range(8):  # ROUNDS then
             if self.closed:
                 return
-            n = m.recvmmsg(self.fd, self.rhdr_addr, 32, socket.MSG_DONTWAIT, None)
+            n = self.recvmmsg(self.fd, self.rhdr_addr, 32, socket.MSG_DONTWAIT, None)
             if n <= 0:
                 if n < 0:
                     err = ctypes.get_errno()
@@ -156,7 +167,7 @@ class BaselineUdp(BatchUdp):
         total, done = len(pending), 0
         while done < total:
             hdr = self.shdr_addr + done * m.q_stride * 8
-            sent = m.sendmmsg(self.fd, hdr, total - done, socket.MSG_DONTWAIT)
+            sent = self.sendmmsg(self.fd, hdr, total - done, socket.MSG_DONTWAIT)
             if sent > 0:
                 done += sent
                 continue
@@ -177,10 +188,10 @@ class FloorUdp(BatchUdp):
                 self.su[j * m.u_stride + m.u_namelen] = 16
                 self.siq[j * 2 + 1] = 64
         for _ in range(8):
-            n = m.recvmmsg(self.fd, self.rhdr_addr, m.BATCH, socket.MSG_DONTWAIT, None)
+            n = m.recvmmsg(self.fd, self.rhdr, m.BATCH, socket.MSG_DONTWAIT, None)
             if n <= 0:
                 return
-            m.sendmmsg(self.fd, self.shdr_addr, n, socket.MSG_DONTWAIT)
+            m.sendmmsg(self.fd, self.shdr, n, socket.MSG_DONTWAIT)
             if n < m.BATCH:
                 return
 

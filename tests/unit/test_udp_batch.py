@@ -167,3 +167,25 @@ def test_udp_batch_counts_and_samples_as_one_query_at_a_time(loop: LoopThread) -
     timed = sum(ok for k, ok in enumerate(seq, 1) if k % 3 == 0)
     _, count, _ = zone.stats.durations.samples()
     assert count == 3 * 2 * timed  # two servers, each from datagram 1
+
+
+def test_udp_batch_sends_the_rest_after_a_partial_sendmmsg(
+    loop: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendmmsg may send fewer messages than asked (a full buffer): the rest follow,
+    from the header where it stopped. Here every call sends at most one."""
+    assert mmsg is not None
+    real = mmsg.sendmmsg
+    calls: list[int] = []
+
+    def one_at_a_time(fd: int, hdr: object, vlen: int, flags: int) -> int:
+        calls.append(vlen)
+        return int(real(fd, hdr, 1, flags))
+
+    monkeypatch.setattr(mmsg, "sendmmsg", one_at_a_time)
+    zone = make_zone()
+    packets = [a_query(100 + k, f"worker{k % 4}.tf.local.") for k in range(40)]
+    replies = serve_burst(loop, zone, packets)
+    wanted = [(k % 2, zone.answer(p, "udp", (HOST, 1))) for k, p in enumerate(packets)]
+    assert sorted(replies) == sorted(wanted)
+    assert max(calls) > 1  # it did ask for several at once
