@@ -273,7 +273,7 @@ class BatchUdp:
                 hit_code(e[5])
                 body = b"".join((e[3], key[10 : e[1] + 2], e[4]))
             else:
-                body = self._resolve(resolve, i, rbuf[off:end], room)
+                body = self._resolve(resolve, i, rbuf[off:end])
                 if body is None:
                     skipped.append(i)
                     start = 0
@@ -295,14 +295,13 @@ class BatchUdp:
         if len(skipped) < n:
             self._send(n, skipped)
 
-    def _resolve(self, resolve: Any, i: int, data: bytes, room: int) -> bytes | None:
-        """The reply to datagram ``i`` (``data``) after its ID, from ``Zone.resolve``; its
-        ID goes into the query's slot, where the reply's first piece is sent from. None
-        when there is no reply to send from ``sbuf`` (dropped, forwarded, or already sent
-        through sendto because it does not fit)."""
+    def _resolve(self, resolve: Any, i: int, data: bytes) -> bytes | None:
+        """The reply to datagram ``i`` (``data``) after its ID, from ``Zone.resolve``, or
+        None (dropped or forwarded). Its ID goes into the query's slot of ``rbuf``, where
+        the reply's first piece is sent from."""
         result = resolve(data, "udp", self.client(i))
         if type(result) is bytes:
-            if len(result) > room + 2:
+            if len(result) < 2:  # not a DNS message, but what resolve said to send
                 self.sendto(result, self.client(i))
                 return None
             m = mmsg
