@@ -4,19 +4,21 @@ A Zone with ``--names`` names (as benchmarks/dns_qps.py --in-process feeds it), 
 BatchUdp bound on 127.0.0.1 (never run by an event loop: ``_readable()`` is called by
 hand), and a client socket on loopback that pre-sends ``burst`` queries before each call.
 Only the ``_readable()`` call is timed: recvmmsg, the answers, sendmmsg (the kernel's
-share is in it, the same for both sides). The client's sends and reads are not.
+share is in it, the same for every side). The client's sends and reads are not.
 
-Two implementations in the same run, interleaved call by call so a loaded machine
-disturbs both alike: ``current`` (the code in idstore) and ``baseline`` (the loop as it
-was before the fast-path tuning, kept below as a subclass). Both answer the same queries;
-their replies are compared byte for byte. Modes: ``plain`` (lower-case names: the
-``exact`` level of the reply cache) and ``case`` (random letter case per query: the
-``folded`` level), each with a burst of 250 queries (a busy server: full batches) and of
-8 (a few per wake-up).
+Three sides in the same run, in a shuffled order call by call so a loaded machine
+disturbs them alike: ``current`` (the code in idstore), ``baseline`` (the loop as it was
+before the fast-path tuning, kept below as a subclass) and ``floor`` (the system calls
+alone, the same prepared reply to every datagram: what is left is the kernel's). Current
+and baseline answer the same queries; their replies are compared byte for byte.
+Modes: ``plain`` (lower-case names: the ``exact`` level of the reply cache) and ``case``
+(random letter case per query: the ``folded`` level), each with a burst of 250 queries
+(a busy server: full batches) and of 8 (a few per wake-up).
 
-Prints one JSON line per (mode, burst) with ns/query of both by wall clock
+Prints one JSON line per (mode, burst) with ns/query of each side by wall clock
 (perf_counter_ns, median of the per-call figures) and by CPU (process_time over all
-calls), and the ratios current/baseline (< 1: the current code is cheaper). Bounded:
+calls), the ratios current/baseline (< 1: the current code is cheaper), and that ratio
+for the CPU above the floor (the Python's share). Bounded:
 ``--calls`` calls per side and line (default 400).
 """
 
