@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -339,6 +340,24 @@ def test_failed_renewals_are_retried_soon_and_keep_the_session(
     assert ConnectionState.LOST not in states
     assert states[:2] == [ConnectionState.SUSPENDED, ConnectionState.CONNECTED]
     assert store.session_id == session
+
+
+@pytest.mark.parametrize(
+    "message", ["Cannot invoke RPC on closed channel!", "Cannot invoke RPC: Channel closed!"]
+)
+def test_grpc_closed_channel_errors_become_store_unavailable(
+    stores: Callable[..., EtcdStore], message: str
+) -> None:
+    """Both of grpc's closed-channel ValueErrors are "unavailable" (a StoreError the
+    keepalive loop handles). Regression: "Channel closed!", from a lease grant racing the
+    store's close, escaped and killed the keepalive thread (suite run, chaos test)."""
+    transport = stores()._transport
+
+    def closed(conn: object, timeout: float) -> None:
+        raise ValueError(message)
+
+    with pytest.raises(StoreUnavailable, match=re.escape(message)):
+        transport.rpc("grant a lease", closed)
 
 
 def test_a_request_racing_a_failover_is_sent_on_the_new_channel(

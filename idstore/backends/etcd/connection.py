@@ -94,8 +94,12 @@ def error_code(e: grpc.RpcError) -> tuple[str, str]:
 
 
 def closed_channel(e: ValueError) -> bool:
-    """grpc's error for a request on a channel closed meanwhile (not an RpcError)."""
-    return "closed channel" in str(e)
+    """grpc's error for a request on a channel closed meanwhile (not an RpcError): "Cannot
+    invoke RPC on closed channel!", or "Cannot invoke RPC: Channel closed!" from its
+    blocking unary path (a lease grant racing the store's close: it killed the keepalive
+    thread)."""
+    text = str(e).lower()
+    return "closed channel" in text or "channel closed" in text
 
 
 def token_expired(e: grpc.RpcError) -> bool:
