@@ -7,8 +7,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf-keras: see launch.sh
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 tf.config.threading.set_inter_op_parallelism_threads(1)
 tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -390,7 +390,12 @@ tcp_idle_timeout = 3
 """
 ADDRESS = "192.0.2.10"
 GOOD_ID = 0x4242
+# How long a packet that must be dropped gets to prove it is (a reply after this is
+# skipped as a stray by the next exchange, by its ID).
 READ_TIMEOUT = 0.5
+# How long an expected reply may take: a server descheduled on a loaded 2-core machine is
+# late, not wrong (a fixed 0.5 s here was a timing assertion).
+REPLY_TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -420,19 +425,22 @@ def assert_good(reply: bytes | None) -> None:
     assert [rd.to_text() for rrset in r.answer for rd in rrset] == [ADDRESS]
 
 
-def udp_exchange(sock: socket.socket, packet: bytes, want_id: bytes | None) -> bytes | None:
+def udp_exchange(
+    sock: socket.socket, packet: bytes, want_id: bytes | None, timeout: float = REPLY_TIMEOUT
+) -> bytes | None:
     """Send ``packet``; the reply with ID ``want_id`` (the packet's own by default), or
-    None when nothing with that ID arrives within READ_TIMEOUT."""
+    None when nothing with that ID arrives within ``timeout`` of the last datagram."""
     want = packet[:2] if want_id is None else want_id
+    sock.settimeout(timeout)
     sock.sendto(packet, sock.getpeername())
-    for _ in range(20):  # bounded: stray replies to earlier packets are skipped
+    for _ in range(200):  # bounded: late replies to earlier packets (a burst) are skipped
         try:
             data = sock.recv(65535)
         except TimeoutError:
             return None
         if data[:2] == want:
             return data
-    raise AssertionError("more than 20 stray datagrams")
+    raise AssertionError("more than 200 stray datagrams")
 
 
 def reference_reply(packet: bytes, proto: str) -> bytes | None:
@@ -449,10 +457,10 @@ def test_corpus_over_udp(server: NodeProcess, name: str) -> None:
     if len(packet) > 65507:
         packet = packet[:65507]  # the largest IPv4 UDP payload
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(READ_TIMEOUT)
         sock.connect((HOST, server.port))
-        reply = udp_exchange(sock, packet, packet[:2] if len(packet) >= 2 else b"--")
         expected = reference_reply(packet, "udp")
+        wait = READ_TIMEOUT if expected is None else REPLY_TIMEOUT
+        reply = udp_exchange(sock, packet, packet[:2] if len(packet) >= 2 else b"--", wait)
         assert name not in DROPPED or expected is None
         if expected is None:
             assert reply is None, f"{name}: answered a packet that must be dropped"
@@ -544,7 +552,7 @@ def test_zero_length_frames_and_pipelining(server: NodeProcess) -> None:
 
 def test_burst_of_fuzzed_packets_over_udp(server: NodeProcess) -> None:
     """5,000 mutated packets in bursts of 50; every reply parses and carries the ID of a
-    packet of its burst; afterwards the server answers normally."""
+    packet sent; afterwards the server answers normally."""
     rng = random.Random(20240607)
     seeds = [
         CORPUS["two OPT"],
@@ -554,11 +562,13 @@ def test_burst_of_fuzzed_packets_over_udp(server: NodeProcess) -> None:
         dns.message.make_query("worker0.tf.local.", "TXT").to_wire(),
     ]
     sent = replies = 0
+    # Every ID sent so far, not only this burst's: a reply the server sends after the read
+    # below gave up on its burst (a stall on a loaded machine) is late, not foreign.
+    ids: set[bytes] = set()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(READ_TIMEOUT)
         sock.connect((HOST, server.port))
         for _ in range(100):
-            ids: set[bytes] = set()
             for _ in range(50):
                 packet = mutate(rng, rng.choice(seeds))
                 if len(packet) < 2:

@@ -57,8 +57,9 @@ class Answer:
 
     nsid: str | None  # the name the server asserts as its own; None when it asserts none
     addrs: Mapping[str, frozenset[str]]  # name -> A addresses (empty: none)
-    rcodes: Mapping[str, str]
+    rcodes: Mapping[str, str]  # only the names asked before the server went silent
     max_ttl: int
+    complete: bool = True  # every name was answered
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,15 @@ Probe = Callable[[Sequence[str]], Answer | None]  # None: the server did not ans
 Truth = Callable[[], Mapping[str, Owner]]  # raises when the store cannot be read
 
 
-def dns_probe(host: str, port: int, timeout: float = 0.5) -> Probe:
-    """A probe of the DNS server at ``host:port`` over UDP, asking for NSID."""
+def dns_probe(host: str, port: int, timeout: float = 0.5, tries: int = 1) -> Probe:
+    """A probe of the DNS server at ``host:port`` over UDP, asking for NSID.
+
+    A query unanswered after ``timeout`` is sent again, up to ``tries`` times. One try is
+    the default: the checker judges a sample as one moment, and a probe stretched by
+    retries spans a handover (two owners "at once" that were not). A server silent to
+    every try ends the probe; the names not asked are absent from the answer
+    (``complete`` False), so a test counts them as unanswered, not as wrong answers.
+    """
 
     def probe(names: Sequence[str]) -> Answer | None:
         nsids: set[str] = set()
@@ -92,10 +100,9 @@ def dns_probe(host: str, port: int, timeout: float = 0.5) -> Probe:
             q = dns.message.make_query(
                 name, "A", use_edns=0, options=[dns.edns.GenericOption(dns.edns.NSID, b"")]
             )
-            try:
-                r = dns.query.udp(q, host, port=port, timeout=timeout)
-            except (dns.exception.Timeout, OSError):
-                break  # a server that misses one query is not answering now: next sample
+            r = _ask(q, host, port, timeout, tries)
+            if r is None:
+                break  # not answering now: the next sample asks again
             answered = True
             rcodes[name] = dns.rcode.to_text(r.rcode())
             found: set[str] = set()
@@ -113,9 +120,22 @@ def dns_probe(host: str, port: int, timeout: float = 0.5) -> Probe:
         nsids.discard("")
         # Asserting two names within one probe would itself be a change mid-probe.
         nsid = sorted(nsids)[-1] if nsids else None
-        return Answer(nsid, addrs, rcodes, max_ttl)
+        return Answer(nsid, addrs, rcodes, max_ttl, complete=len(rcodes) == len(names))
 
     return probe
+
+
+def _ask(
+    q: dns.message.Message, host: str, port: int, timeout: float, tries: int
+) -> dns.message.Message | None:
+    for _ in range(tries):
+        try:
+            return dns.query.udp(q, host, port=port, timeout=timeout)
+        except dns.exception.Timeout:
+            continue
+        except OSError:
+            return None  # refused or unreachable: no retry can help
+    return None
 
 
 @dataclass

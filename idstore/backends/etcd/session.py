@@ -56,7 +56,7 @@ class Session:
         self._renewed = renewed
         self._lock = threading.Lock()
         self._lease_id: int | None = None
-        self._deadline = 0.0  # monotonic time by which the lease surely expired
+        self._deadline = 0.0  # monotonic time until which the lease is surely alive
         self.granted_ttl = math.ceil(options.ttl)
         self._lost_hint: int | None = None
         self._stale_leases: list[int] = []
