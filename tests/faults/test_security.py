@@ -282,7 +282,8 @@ def test_zookeeper_tls_refuses_clients_without_a_trusted_certificate(
     # kazoo retries a refused handshake until connect_timeout; the error says why.
     text = str(err.value)
     assert f"{tls_zk.endpoints[0]}: TLS handshake failed" in text, text
-    assert elapsed < options.connect_timeout + 2, elapsed
+    # Gives up instead of hanging: a generous bound on a loaded machine, not a figure.
+    assert elapsed < options.connect_timeout + 10, elapsed
     report("zookeeper", "8 security", f"TLS, {who}: refused after {elapsed:.1f} s: {text}")
 
 

@@ -140,7 +140,8 @@ def test_open_with_no_reachable_endpoint_names_every_endpoint() -> None:
     start = time.monotonic()
     with pytest.raises(StoreUnavailable) as info:
         store.open()
-    assert time.monotonic() - start < 3.0
+    # Gives up instead of hanging: a generous bound on a loaded machine, not a figure.
+    assert time.monotonic() - start < 10.0
     for url in dead:
         assert url in str(info.value)
     assert store.state is ConnectionState.LOST
