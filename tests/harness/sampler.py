@@ -212,6 +212,11 @@ class Sampler:
         with ThreadPoolExecutor(8) as pool:
             while not self._stop.is_set():
                 started = time.monotonic()
+                # Judged by who was isolated when the sample began, not when its answers
+                # are in: a test that ends a host's isolation while a sample is in flight
+                # must not have answers asked of the isolated host checked as the
+                # cluster's (a partition test, clean-clone run 5 at 337e903).
+                isolated = frozenset(self.isolated)
                 probes = dict(self.probes())
                 futures = {k: pool.submit(p, self.names) for k, p in probes.items()}
                 answers: dict[str, Answer | None] = {}
@@ -224,7 +229,7 @@ class Sampler:
                 with self._lock:
                     for k, a in answers.items():
                         self.observations.append(Observation(started, ended, k, a))
-                    self._check(started, ended, answers)
+                    self._check(started, ended, answers, isolated)
                     self.samples += 1
                 self._stop.wait(max(0.0, self.interval - (ended - started)))
 
@@ -241,12 +246,18 @@ class Sampler:
                 self.truths.append(TruthSample(started, ended, owners))
             self._stop.wait(max(0.0, self.interval - (ended - started)))
 
-    def _check(self, t: float, end: float, answers: Mapping[str, Answer | None]) -> None:
+    def _check(
+        self,
+        t: float,
+        end: float,
+        answers: Mapping[str, Answer | None],
+        isolated: frozenset[str] = frozenset(),
+    ) -> None:
         at = f"+{t - self.t0:.2f}s"
         for name in self.names:
             seen: dict[str, str] = {}
             for k, a in answers.items():
-                if a is None or k in self.isolated:
+                if a is None or k in isolated:
                     continue
                 for addr in a.addrs.get(name, ()):
                     seen.setdefault(addr, k)
@@ -254,7 +265,7 @@ class Sampler:
                 text = f"{at} dup-resolution {name} -> {seen}"
                 self.violations.append(text)
                 self._dups.append(_Dup(text, t, end, name, frozenset(seen)))
-            for k in self.isolated:
+            for k in isolated:
                 a = answers.get(k)
                 theirs = set(a.addrs.get(name, ())) if a else set()
                 if seen and theirs and not theirs <= set(seen):
